@@ -1,0 +1,145 @@
+"""Run an SGLang server (with the vlcache plugin, loaded through its entry point) as a child process.
+
+The child binds to loopback, its log goes where the caller says (inherited by default), and
+`stop()` terminates its whole process group (SGLang spawns scheduler and detokenizer processes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO
+
+import httpx
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class SGLangServerConfig:
+    """The command line of an SGLang server. Defaults: the CPU engine facts of SGLANG_CPU.md."""
+
+    model_path: str
+    host: str = "127.0.0.1"
+    port: int = 30000
+    device: str = "cpu"
+    dtype: str = "float32"
+    context_length: int = 8192
+    max_total_tokens: int = 32768
+    max_running_requests: int = 8
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def argv(self) -> list[str]:
+        args = [
+            sys.executable, "-m", "sglang.launch_server",
+            "--model-path", self.model_path,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--device", self.device,
+            "--dtype", self.dtype,
+            "--context-length", str(self.context_length),
+            "--max-total-tokens", str(self.max_total_tokens),
+            "--max-running-requests", str(self.max_running_requests),
+            "--skip-server-warmup",
+        ]  # fmt: skip
+        if self.device == "cpu":
+            # The CPU engine: no CUDA graphs, no overlap scheduler, plain-torch attention and sampling.
+            args += [
+                "--attention-backend", "torch_native",
+                "--sampling-backend", "pytorch",
+                "--mm-attention-backend", "sdpa",
+                "--cuda-graph-backend-decode", "disabled",
+                "--cuda-graph-backend-prefill", "disabled",
+                "--disable-overlap-schedule",
+            ]  # fmt: skip
+        return args + list(self.extra_args)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.device == "cpu":
+            env["SGLANG_USE_CPU_ENGINE"] = "1"
+        return env
+
+
+class SGLangServer:
+    """Owns one SGLang server process group: start, wait until healthy, stop."""
+
+    def __init__(self, config: SGLangServerConfig, log: IO | None = None, extra_env: dict | None = None):
+        self.config = config
+        self._log = log
+        self._extra_env = extra_env or {}
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    def start(self) -> "SGLangServer":
+        env = self.config.env() | self._extra_env
+        self.process = subprocess.Popen(
+            self.config.argv(), env=env, stdout=self._log, stderr=subprocess.STDOUT if self._log else None,
+            start_new_session=True,  # its own process group, so stop() reaches the scheduler too
+        )  # fmt: skip
+        return self
+
+    def wait_healthy(self, timeout_s: float = 300.0, progress_every_s: float = 5.0) -> None:
+        """Poll `/health` until it answers 200; print a progress line while waiting."""
+        start = last = time.monotonic()
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"SGLang server exited with code {self.process.returncode} during start")
+                try:
+                    if client.get(f"{self.url}/health").status_code == 200:
+                        print(f"[vlcache] SGLang is healthy at {self.url} ({time.monotonic() - start:.0f}s)", flush=True)
+                        return
+                except httpx.TransportError:
+                    pass
+                now = time.monotonic()
+                if now - start > timeout_s:
+                    raise TimeoutError(f"SGLang server not healthy after {timeout_s:.0f}s at {self.url}")
+                if now - last >= progress_every_s:
+                    print(f"[vlcache] waiting for SGLang at {self.url} ... {now - start:.0f}s", flush=True)
+                    last = now
+                time.sleep(0.5)
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after `grace_s`."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        pgid = os.getpgid(self.process.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)  # children that outlived the parent
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def __enter__(self) -> "SGLangServer":
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

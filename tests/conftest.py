@@ -1,0 +1,10 @@
+"""Shared fixtures: the embedded tiny Qwen2-VL, built once per machine into the project cache."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    from radix_ext.models.tiny_qwen2vl import ensure_tiny_qwen2vl
+
+    return ensure_tiny_qwen2vl()
