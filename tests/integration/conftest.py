@@ -1,0 +1,71 @@
+"""The integration tier: one real SGLang server (CPU engine, tiny Qwen2-VL, plugin installed) per session."""
+
+import base64
+import io
+import os
+
+import httpx
+import pytest
+from PIL import Image
+
+from radix_ext.sglang.registration import MARKER_DIR_ENV
+from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def plugin_marker_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("plugin-markers")
+
+
+@pytest.fixture(scope="session")
+def sglang_server(tiny_model_dir, plugin_marker_dir, tmp_path_factory):
+    """A stock SGLang server (`python -m sglang.launch_server`) on loopback; its log is printed on failure."""
+    log_path = tmp_path_factory.mktemp("sglang") / "server.log"
+    config = SGLangServerConfig(model_path=str(tiny_model_dir), port=free_port(), max_running_requests=4)
+    with open(log_path, "w") as log:
+        server = SGLangServer(config, log=log, extra_env={MARKER_DIR_ENV: str(plugin_marker_dir)})
+        try:
+            with server:
+                yield server
+        except Exception:
+            print(log_path.read_text()[-5000:])
+            raise
+
+
+@pytest.fixture(scope="session")
+def client(sglang_server):
+    with httpx.Client(base_url=sglang_server.url, timeout=httpx.Timeout(120.0)) as c:
+        yield c
+
+
+def make_image(size, color, seed_pattern=0):
+    """A deterministic RGB test image with some structure (so visual tokens differ)."""
+    img = Image.new("RGB", size, color)
+    for x in range(0, size[0], 16):
+        for y in range(0, size[1], 16):
+            if (x // 16 + y // 16 + seed_pattern) % 3 == 0:
+                img.putpixel((x, y), (255 - color[0], 255 - color[1], 255 - color[2]))
+    return img
+
+
+def data_url(img):
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="session")
+def assert_process_alive(sglang_server):
+    def check():
+        assert sglang_server.process.poll() is None, "the SGLang server died"
+
+    return check
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
