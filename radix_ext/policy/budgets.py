@@ -1,0 +1,108 @@
+"""Per-layer budgets: how many prompt tokens each layer keeps (spec section 2).
+
+Every policy ends in `allocate_counts`: integer counts `k[l]` proportional to per-layer weights, within
+`[lo, hi]`, summing exactly to the total. Uniform budgets are equal weights, VL-Cache's are layer
+densities, PyramidKV's a linear ramp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MIN_LAYER_FRACTION = 0.01  # spec: beta[l] >= 0.01
+MAX_LAYER_FRACTION = 1.0
+
+
+def total_budget(alpha: float, num_layers: int, num_tokens: int) -> int:
+    """`round(alpha * L * m)`: the number of (layer, token) entries kept across all layers."""
+    return round(alpha * num_layers * num_tokens)
+
+
+def count_bounds(num_tokens: int) -> tuple[int, int]:
+    """`[lo, hi]` tokens per layer: at least 1% of the prompt (and 1 token), at most all of it."""
+    return max(1, math.ceil(MIN_LAYER_FRACTION * num_tokens)), num_tokens
+
+
+def allocate_counts(weights: torch.Tensor, total: int, lo: int, hi: int) -> list[int]:
+    """Integers `k[l]` in `[lo, hi]` with `sum(k) == total` (when `L*lo <= total <= L*hi`), proportional
+    to `weights` where no bound binds.
+
+    Water-filling: shares `clip(c * w[l], lo, hi)` at the level `c` where they sum to `total`, so a
+    clipped layer's surplus or deficit is spread over the others in proportion to their weights; then
+    largest remainders round the shares, ties going to the lower layer index. Outside `[L*lo, L*hi]` every layer sits at a bound.
+    """
+    w = weights.to(torch.float64).clamp_min(0)
+    n = w.numel()
+    if total <= n * lo:
+        return [lo] * n
+    if total >= n * hi:
+        return [hi] * n
+    share = _water_fill(w, float(total), float(lo), float(hi))
+    counts = share.floor()
+    shortfall = total - int(counts.sum())
+    if shortfall > 0:
+        remainder = share - counts
+        remainder[counts >= hi] = -1.0  # already at the cap
+        order = sorted(range(n), key=lambda i: (-float(remainder[i]), i))
+        for i in order[:shortfall]:
+            counts[i] += 1
+    return [int(c) for c in counts]
+
+
+def _water_fill(w: torch.Tensor, total: float, lo: float, hi: float) -> torch.Tensor:
+    """Shares `clip(c * w, lo, hi)` with the level `c` found by bisection so they sum to `total`."""
+    if float(w.sum()) <= 0:
+        w = torch.ones_like(w)
+    low, high = 0.0, hi / float(w[w > 0].min())  # at `high` every weighted layer is capped
+    for _ in range(200):
+        mid = (low + high) / 2
+        if float((w * mid).clamp(lo, hi).sum()) < total:
+            low = mid
+        else:
+            high = mid
+    return (w * high).clamp(lo, hi)
+
+
+def uniform_counts(num_layers: int, alpha: float, num_tokens: int) -> list[int]:
+    lo, hi = count_bounds(num_tokens)
+    return allocate_counts(torch.ones(num_layers), total_budget(alpha, num_layers, num_tokens), lo, hi)
+
+
+def sparsity_fractions(layer_sparsity: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The paper's `beta[l] = clip(dens[l] / Z * alpha * L, 0.01, 1)` with `dens = 1 - gamma` (unrounded)."""
+    dens = _densities(layer_sparsity)
+    L = dens.numel()
+    return (dens / dens.sum() * alpha * L).clamp(MIN_LAYER_FRACTION, MAX_LAYER_FRACTION)
+
+
+def sparsity_counts(layer_sparsity: torch.Tensor, alpha: float, num_tokens: int, renormalize: bool) -> list[int]:
+    """VL-Cache's per-layer counts. `renormalize=True` (our default) hits `round(alpha*L*m)` exactly;
+    `False` reproduces the paper literally: `k[l] = max(1, floor(beta[l] * m))`."""
+    if not renormalize:
+        beta = sparsity_fractions(layer_sparsity, alpha)
+        return [max(1, math.floor(float(b) * num_tokens)) for b in beta]
+    lo, hi = count_bounds(num_tokens)
+    L = layer_sparsity.numel()
+    return allocate_counts(_densities(layer_sparsity), total_budget(alpha, L, num_tokens), lo, hi)
+
+
+def _densities(layer_sparsity: torch.Tensor) -> torch.Tensor:
+    dens = (1.0 - layer_sparsity.to(torch.float64)).clamp_min(0)
+    if float(dens.sum()) <= 0:  # every layer fully sparse: nothing to prefer
+        return torch.ones_like(dens)
+    return dens
+
+
+def pyramid_counts(num_layers: int, alpha: float, num_tokens: int, window_fraction: float, beta: int = 20) -> list[int]:
+    """PyramidKV: from `2(C-w) - (C-w)/beta` at layer 0 down to `(C-w)/beta` at the last, plus `w`,
+    where `C = alpha*m` is the uniform per-layer budget and `w` its recent window."""
+    C = alpha * num_tokens
+    w = math.ceil(window_fraction * C)
+    low = (C - w) / beta
+    high = 2 * (C - w) - low
+    steps = torch.arange(num_layers, dtype=torch.float64) / max(1, num_layers - 1)
+    ramp = high - (high - low) * steps + w
+    lo, hi = count_bounds(num_tokens)
+    return allocate_counts(ramp, total_budget(alpha, num_layers, num_tokens), lo, hi)

@@ -1,0 +1,42 @@
+"""SnapKV and PyramidKV: attention from the last prompt rows, smoothed by 1-D average pooling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from radix_ext.policy.base import register_policy
+from radix_ext.policy.budgets import pyramid_counts
+from radix_ext.policy.layout import PromptLayout
+from radix_ext.policy.methods.scored import ScoredPolicy
+from radix_ext.policy.stats import LayerStats
+
+
+@register_policy
+@dataclass
+class SnapKV(ScoredPolicy):
+    name = "snapkv"
+    observation_window: int = 32
+    pool_kernel: int = 5
+
+    def query_rows(self, layout: PromptLayout) -> torch.Tensor:
+        return layout.last_rows(self.observation_window)
+
+    def token_scores(self, stats: LayerStats, layer: int) -> torch.Tensor:
+        scores = stats.column_sums.sum(0)[None, None]
+        pooled = F.avg_pool1d(scores, self.pool_kernel, stride=1, padding=self.pool_kernel // 2)
+        return pooled[0, 0, : stats.num_keys]
+
+
+@register_policy
+@dataclass
+class PyramidKV(SnapKV):
+    """SnapKV scores; budgets fall linearly from the first layer to the last (`pyramid_beta` = 20)."""
+
+    name = "pyramidkv"
+    pyramid_beta: int = 20
+
+    def layer_counts(self, stats, layout, budget):
+        return pyramid_counts(len(stats), budget, layout.num_tokens, self.window_fraction, self.pyramid_beta)
