@@ -65,7 +65,7 @@ class Policy(ABC):
 
 
 def check_budget(budget: float) -> None:
-    if not isinstance(budget, (int, float)) or not 0.0 < float(budget) <= 1.0:
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < float(budget) <= 1.0:
         raise ValueError(f"budget must be a number in (0, 1], got {budget!r}")
 
 

@@ -31,7 +31,8 @@ def allocate_counts(weights: torch.Tensor, total: int, lo: int, hi: int) -> list
 
     Water-filling: shares `clip(c * w[l], lo, hi)` at the level `c` where they sum to `total`, so a
     clipped layer's surplus or deficit is spread over the others in proportion to their weights; then
-    largest remainders round the shares, ties going to the lower layer index. Outside `[L*lo, L*hi]` every layer sits at a bound.
+    largest remainders round the shares, ties going to the lower layer index. Outside `[L*lo, L*hi]`
+    every layer sits at a bound.
     """
     w = weights.to(torch.float64).clamp_min(0)
     n = w.numel()
@@ -44,7 +45,7 @@ def allocate_counts(weights: torch.Tensor, total: int, lo: int, hi: int) -> list
     shortfall = total - int(counts.sum())
     if shortfall > 0:
         remainder = share - counts
-        remainder[counts >= hi] = -1.0  # already at the cap
+        remainder[counts >= hi] = -math.inf  # already at the cap: never rounded up
         order = sorted(range(n), key=lambda i: (-float(remainder[i]), i))
         for i in order[:shortfall]:
             counts[i] += 1
@@ -52,9 +53,12 @@ def allocate_counts(weights: torch.Tensor, total: int, lo: int, hi: int) -> list
 
 
 def _water_fill(w: torch.Tensor, total: float, lo: float, hi: float) -> torch.Tensor:
-    """Shares `clip(c * w, lo, hi)` with the level `c` found by bisection so they sum to `total`."""
-    if float(w.sum()) <= 0:
-        w = torch.ones_like(w)
+    """Shares `clip(c * w, lo, hi)` with the level `c` found by bisection so they sum to `total`.
+
+    Zero-weight layers sit at `lo` unless every weighted layer is capped; then they share what is left.
+    """
+    w = w / float(w.max()) if float(w.max()) > 0 else torch.ones_like(w)  # scale-free: no overflow below
+    w = torch.where(w < 1e-12, torch.zeros_like(w), w)
     low, high = 0.0, hi / float(w[w > 0].min())  # at `high` every weighted layer is capped
     for _ in range(200):
         mid = (low + high) / 2
@@ -62,7 +66,12 @@ def _water_fill(w: torch.Tensor, total: float, lo: float, hi: float) -> torch.Te
             low = mid
         else:
             high = mid
-    return (w * high).clamp(lo, hi)
+    share = (w * high).clamp(lo, hi)
+    left = total - float(share.sum())
+    unweighted = w == 0
+    if left > 0 and bool(unweighted.any()):
+        share[unweighted] = (share[unweighted] + left / int(unweighted.sum())).clamp(lo, hi)
+    return share
 
 
 def uniform_counts(num_layers: int, alpha: float, num_tokens: int) -> list[int]:

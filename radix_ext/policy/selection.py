@@ -66,7 +66,10 @@ def keep_top_with_window(scores: torch.Tensor, k: int, window: int) -> torch.Ten
 
 
 def keep_sinks_and_recent(m: int, k: int, sinks: int) -> torch.Tensor:
-    """StreamingLLM: the first `sinks` positions (attention sinks) and the most recent `k - sinks`."""
+    """StreamingLLM: the first `sinks` positions (attention sinks) and the most recent `k - sinks`.
+
+    The recent window (`ceil(0.1 k)`) always survives: with a budget below the sink count, sinks give way.
+    """
     k = min(k, m)
-    sinks = min(sinks, k)
+    sinks = min(sinks, k - recent_window(k))
     return torch.cat([torch.arange(sinks), torch.arange(m - (k - sinks), m)]).to(torch.long)
