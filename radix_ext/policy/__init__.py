@@ -11,7 +11,7 @@ from radix_ext.policy import methods  # noqa: F401  (registers every policy)
 from radix_ext.policy.base import Policy, available_policies, check_budget, get_policy, register_policy
 from radix_ext.policy.layout import PromptLayout, visual_spans_from_ids
 from radix_ext.policy.selection import Selection
-from radix_ext.policy.stats import LayerStats, attention_stats
+from radix_ext.policy.stats import LayerStats, attention_stats, merge_layer_stats
 
 __all__ = [
     "LayerStats",
@@ -22,6 +22,7 @@ __all__ = [
     "available_policies",
     "check_budget",
     "get_policy",
+    "merge_layer_stats",
     "register_policy",
     "visual_spans_from_ids",
 ]

@@ -27,6 +27,7 @@ class LayerStats:
     sparsity: torch.Tensor | None
     column_sums: torch.Tensor
     num_rows: int
+    causal_entries: float = 0.0  # sum over rows of (position + 1): the sparsity denominator
 
     @property
     def num_keys(self) -> int:
@@ -102,7 +103,29 @@ def attention_stats(
 
     causal_entries = float((positions + 1).sum())
     sparsity = (below.reshape(H) / causal_entries).to(torch.float32)
-    return LayerStats(sparsity=sparsity, column_sums=column_sums, num_rows=r)
+    return LayerStats(sparsity=sparsity, column_sums=column_sums, num_rows=r, causal_entries=causal_entries)
+
+
+def merge_layer_stats(parts: list[LayerStats], num_keys: int) -> LayerStats:
+    """Statistics of the union of disjoint row sets (e.g. rows computed in different prefill chunks).
+
+    Exact: a row's attention only involves keys at or before it, so column sums and below-threshold
+    counts add up; each part's column sums may cover fewer keys (those present when it was computed).
+    """
+    if not parts:
+        raise ValueError("merge_layer_stats needs at least one part")
+    heads = parts[0].num_heads
+    column_sums = torch.zeros(heads, num_keys, dtype=torch.float32, device=parts[0].column_sums.device)
+    below = torch.zeros(heads, dtype=torch.float64, device=column_sums.device)
+    rows, causal = 0, 0.0
+    for part in parts:
+        column_sums[:, : part.num_keys] += part.column_sums
+        if part.sparsity is not None:
+            below += part.sparsity.to(torch.float64) * part.causal_entries
+        rows += part.num_rows
+        causal += part.causal_entries
+    sparsity = (below / causal).to(torch.float32) if rows else None
+    return LayerStats(sparsity=sparsity, column_sums=column_sums, num_rows=rows, causal_entries=causal)
 
 
 def _causal_logits(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, k0: int, k1: int) -> torch.Tensor:

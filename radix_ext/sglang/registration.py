@@ -35,6 +35,60 @@ def check_sglang_version() -> str:
     return installed
 
 
+def _register_backends_and_hooks() -> None:
+    from sglang.srt.arg_groups.choices import add_attention_backend_choices
+    from sglang.srt.layers.attention.attention_registry import register_attention_backend
+    from sglang.srt.mem_cache.registry import register_radix_cache_backend
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    from radix_ext.sglang import hooks
+    from radix_ext.sglang.config import ATTENTION_BACKEND, RADIX_CACHE_BACKEND
+
+    register_radix_cache_backend(RADIX_CACHE_BACKEND, _create_radix_cache)
+    register_attention_backend(ATTENTION_BACKEND)(_create_attention_backend)
+    add_attention_backend_choices([ATTENTION_BACKEND])
+    for target, name, hook_type in HOOKS:
+        HookRegistry.register(target, getattr(hooks, name), HookType[hook_type])
+
+
+def verify_hooks_applied() -> None:
+    """SGLang only logs a hook it fails to apply (before logging is set up): check ours took."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    missing = [target for target, _, _ in HOOKS if target not in HookRegistry._patched]
+    if missing:
+        raise RuntimeError(f"vlcache: SGLang did not apply the plugin's hooks on {missing}; is sglang=={PINNED_SGLANG_VERSION}?")
+
+
+def _create_radix_cache(ctx):
+    from radix_ext.sglang.layerwise_allocator import LayerwiseTokenAllocator
+    from radix_ext.sglang.radix_cache import VLCacheRadixCache
+
+    refused = [
+        name
+        for name, on in (
+            ("hybrid sliding-window models", ctx.is_hybrid_swa),
+            ("hybrid state-space models", ctx.is_hybrid_ssm),
+            ("hierarchical cache", ctx.enable_hierarchical_cache),
+            ("--disable-radix-cache", ctx.disable_radix_cache),
+            ("sparse-attention (DSA) models", ctx.is_dsa),
+        )
+        if on
+    ]
+    if refused:
+        raise ValueError(f"--radix-cache-backend vlcache does not support: {', '.join(refused)}")
+    verify_hooks_applied()
+    if not isinstance(ctx.params.token_to_kv_pool_allocator, LayerwiseTokenAllocator):
+        raise ValueError("--radix-cache-backend vlcache needs the layer-wise KV allocator; this model/setup is not supported")
+    return VLCacheRadixCache(ctx.params)
+
+
+def _create_attention_backend(model_runner):
+    from radix_ext.sglang.attention_backend import VLCacheTorchNativeBackend
+
+    return VLCacheTorchNativeBackend(model_runner)
+
+
 def _process_title() -> str:
     try:
         import setproctitle
@@ -53,16 +107,37 @@ def _write_marker() -> None:
     (path / f"{os.getpid()}.json").write_text(json.dumps(record))
 
 
+# (dotted target, hook function name in radix_ext.sglang.hooks, hook type name)
+HOOKS = (
+    ("sglang.srt.server_args.ServerArgs.resolve_once", "check_server_args", "BEFORE"),
+    ("sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_mha_kv_pool", "build_mha_kv_pool", "AROUND"),
+    (
+        "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_token_to_kv_pool_allocator",
+        "build_token_to_kv_pool_allocator",
+        "AROUND",
+    ),
+    ("sglang.srt.managers.scheduler.Scheduler._add_request_to_queue", "plan_request", "BEFORE"),
+    (
+        "sglang.srt.managers.scheduler_components.batch_result_processor."
+        "SchedulerBatchResultProcessor.process_batch_result_prefill",
+        "compress_after_prefill",
+        "AROUND",
+    ),
+    ("sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class", "output_streamer_class", "REPLACE"),
+)
+
+
 def register() -> None:
     """SGLang plugin entry point: runs once per SGLang process (idempotent).
 
-    Registers nothing into SGLang yet; the radix-cache backend, the attention backend and the hooks
-    are added here by later milestones.
+    Registers the `vlcache` radix-cache backend, the `vlcache_torch_native` attention backend and the
+    hooks of `HOOKS`. Every hook is inert unless the server runs with `--radix-cache-backend vlcache`.
     """
     global _registered
     if _registered:
         return
     check_sglang_version()
     _registered = True
+    _register_backends_and_hooks()
     _write_marker()
     logger.info("vlcache plugin registered in %s (pid %d)", _process_title() or "process", os.getpid())

@@ -1,0 +1,37 @@
+"""Server-wide VL-Cache defaults, from environment variables the launcher passes to SGLang.
+
+`VLCACHE_POLICY` (default `vlcache`), `VLCACHE_BUDGET` (default 0.1), `VLCACHE_POLICY_OPTIONS` (a JSON
+object of policy options), `VLCACHE_LOGICAL_SLOTS_FACTOR` (logical slots per physical slot, default 4:
+logical slots are cheap indices; compressed requests keep theirs while freeing physical ones).
+A request overrides policy, budget and options with `custom_params: {"vl_cache": {...}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+RADIX_CACHE_BACKEND = "vlcache"
+ATTENTION_BACKEND = "vlcache_torch_native"
+REQUEST_KEY = "vl_cache"  # in custom_params (options in) and meta_info (report out)
+
+
+@dataclass(frozen=True)
+class VLCacheDefaults:
+    policy: str = "vlcache"
+    budget: float = 0.1
+    options: dict = field(default_factory=dict)
+    logical_slots_factor: int = 4
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "VLCacheDefaults":
+        options = json.loads(environ.get("VLCACHE_POLICY_OPTIONS", "{}"))
+        if not isinstance(options, dict):
+            raise ValueError("VLCACHE_POLICY_OPTIONS must be a JSON object")
+        return cls(
+            policy=environ.get("VLCACHE_POLICY", cls.policy),
+            budget=float(environ.get("VLCACHE_BUDGET", cls.budget)),
+            options=options,
+            logical_slots_factor=int(environ.get("VLCACHE_LOGICAL_SLOTS_FACTOR", cls.logical_slots_factor)),
+        )

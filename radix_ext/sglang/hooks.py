@@ -1,0 +1,149 @@
+"""The hook functions the plugin registers on SGLang (see `registration.py` for the targets).
+
+Each one is a no-op unless the server runs with `--radix-cache-backend vlcache`, so an installed but
+unselected plugin leaves SGLang exactly stock.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from radix_ext.sglang.config import ATTENTION_BACKEND, RADIX_CACHE_BACKEND, REQUEST_KEY, VLCacheDefaults
+
+logger = logging.getLogger("radix_ext.sglang")
+
+
+def vlcache_selected() -> bool:
+    from sglang.srt.runtime_context import get_memory
+
+    return get_memory().radix_cache_backend == RADIX_CACHE_BACKEND
+
+
+# --- start-up: ServerArgs.resolve_once (BEFORE), in the launcher --------------------------------------
+
+
+def check_server_args(server_args, *args, **kwargs):
+    """Refuse setups the layer-wise KV design cannot serve; turn off what it cannot run with (once)."""
+    if getattr(server_args, "radix_cache_backend", None) != RADIX_CACHE_BACKEND:
+        return None
+    if getattr(server_args, "_resolution_finished", False):
+        return None  # resolved (and checked) already; the record is read-only now
+    problems = []
+    if getattr(server_args, "speculative_algorithm", None):
+        problems.append("speculative decoding (--speculative-algorithm)")
+    if (getattr(server_args, "page_size", None) or 1) != 1:
+        problems.append("--page-size > 1")
+    if getattr(server_args, "disable_radix_cache", False):
+        problems.append("--disable-radix-cache (the vlcache tree is the radix cache)")
+    if getattr(server_args, "enable_hierarchical_cache", False):
+        problems.append("hierarchical KV cache (--enable-hierarchical-cache)")
+    if (getattr(server_args, "tp_size", 1) or 1) > 1 or (getattr(server_args, "dp_size", 1) or 1) > 1:
+        problems.append("tensor/data parallelism (v1 is single-GPU/CPU)")
+    backend = getattr(server_args, "attention_backend", None)
+    if backend not in (None, "torch_native", ATTENTION_BACKEND):
+        problems.append(f"--attention-backend {backend} (use {ATTENTION_BACKEND})")
+    if problems:
+        raise ValueError(f"--radix-cache-backend {RADIX_CACHE_BACKEND} cannot run with: " + "; ".join(problems))
+    server_args.attention_backend = ATTENTION_BACKEND
+    server_args.disable_overlap_schedule = True
+    server_args.cuda_graph_backend_decode = "disabled"
+    server_args.cuda_graph_backend_prefill = "disabled"
+    logger.warning(
+        "vlcache: per-request KV compression on (attention backend %s); overlap scheduling and CUDA graphs are off",
+        ATTENTION_BACKEND,
+    )
+    return None
+
+
+# --- pools: KVCacheConfigurator (AROUND), in the scheduler ----------------------------------------------
+
+
+def build_mha_kv_pool(original, self, *args, **kwargs):
+    if vlcache_selected():
+        from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+        from radix_ext.sglang.layerwise_pool import LayerwiseKVPool
+
+        if kwargs.get("mha_pool_class", MHATokenToKVPool) is not MHATokenToKVPool:
+            raise ValueError(f"vlcache supports the standard MHA KV pool only, not {kwargs['mha_pool_class'].__name__}")
+        kwargs["mha_pool_class"] = LayerwiseKVPool
+    return original(self, *args, **kwargs)
+
+
+def build_token_to_kv_pool_allocator(original, self, *args, **kwargs):
+    stock = original(self, *args, **kwargs)
+    if not vlcache_selected():
+        return stock
+    from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
+
+    from radix_ext.sglang.layerwise_allocator import LayerwiseTokenAllocator
+    from radix_ext.sglang.layerwise_pool import LayerwiseKVPool
+
+    pool = kwargs.get("token_to_kv_pool")
+    if type(stock) is not TokenToKVPoolAllocator or not isinstance(pool, LayerwiseKVPool):
+        raise ValueError(
+            "vlcache supports standard multi-head attention models with page size 1 only "
+            f"(got {type(stock).__name__} over {type(pool).__name__}: MLA, hybrid or paged setups are refused)"
+        )
+    physical = stock.size
+    factor = VLCacheDefaults.from_env().logical_slots_factor
+    return LayerwiseTokenAllocator(physical, physical * factor, stock.dtype, stock.device, pool, stock.need_sort)
+
+
+# --- requests: Scheduler._add_request_to_queue (BEFORE) ---------------------------------------------------
+
+
+def plan_request(scheduler, req, *args, **kwargs):
+    """Parse the request's VL-Cache options; a bad option fails the request (HTTP 400), nothing else."""
+    from radix_ext.sglang.radix_cache import VLCacheRadixCache
+    from radix_ext.sglang.request_plan import make_plan
+
+    if not isinstance(scheduler.tree_cache, VLCacheRadixCache) or req.to_finish is not None:
+        return None
+    pool = scheduler.token_to_kv_pool_allocator.get_kvcache()
+    try:
+        plan = make_plan(req, VLCacheDefaults.from_env())
+    except ValueError as error:
+        req.set_finish_with_abort(f"invalid {REQUEST_KEY} options: {error}")
+        return None
+    pool.plans[req.rid] = plan
+    # A compressed request's KV is not the KV of its token key: it must never enter the tree.
+    req.skip_radix_cache_insert = req.skip_radix_cache_insert or plan.will_compress
+    return None
+
+
+# --- after the forward of a prefill batch: SchedulerBatchResultProcessor (AROUND) ------------------------
+
+
+def compress_after_prefill(original, self, batch, result, *args, **kwargs):
+    """Compress every planned request whose last prefill chunk just ran, before SGLang commits the
+    batch's results (so the report is there for the first streamed output)."""
+    from radix_ext.sglang.compressor import compress_request
+    from radix_ext.sglang.layerwise_allocator import LayerwiseTokenAllocator
+
+    allocator = self.token_to_kv_pool_allocator
+    if isinstance(allocator, LayerwiseTokenAllocator):
+        pool = allocator.get_kvcache()
+        req_to_token = self.tree_cache.req_to_token_pool.req_to_token
+        for req in batch.reqs:
+            plan = pool.plans.get(req.rid)
+            if plan is None or req.inflight_middle_chunks > 0 or req.finished() or req.to_finish is not None:
+                continue
+            if getattr(req, "is_retracted", False):
+                continue
+            report = compress_request(req, plan, pool, allocator, req_to_token)
+            req.customized_info = {**(req.customized_info or {}), REQUEST_KEY: [report]}
+            pool.plans.pop(req.rid, None)  # done: later forwards of this request need no scoring
+    return original(self, batch, result, *args, **kwargs)
+
+
+# --- output: Scheduler.get_output_streamer_class (REPLACE) -----------------------------------------------
+
+
+def output_streamer_class(scheduler, *args, **kwargs):
+    from sglang.srt.managers.scheduler_components.output_streamer import SchedulerOutputStreamer
+
+    from radix_ext.sglang.output_streamer import VLCacheOutputStreamer
+    from radix_ext.sglang.radix_cache import VLCacheRadixCache
+
+    return VLCacheOutputStreamer if isinstance(scheduler.tree_cache, VLCacheRadixCache) else SchedulerOutputStreamer

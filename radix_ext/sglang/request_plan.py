@@ -1,0 +1,110 @@
+"""Per-request compression plan: options parsed at admission, statistics gathered during prefill."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from radix_ext.policy import LayerStats, Policy, PromptLayout, check_budget, get_policy, merge_layer_stats
+from radix_ext.sglang.config import REQUEST_KEY, VLCacheDefaults
+
+
+@dataclass
+class CompressionPlan:
+    """What will happen to one request's prompt KV, and the statistics gathered so far.
+
+    `parts[l]` holds one `LayerStats` per prefill chunk that contained scored rows (exact to merge).
+    """
+
+    policy: Policy
+    budget: float
+    layout: PromptLayout
+    rows: torch.Tensor
+    skip_reason: str
+    parts: list[list[LayerStats]] = field(default_factory=list)
+    scoring_s: float = 0.0
+
+    @property
+    def will_compress(self) -> bool:
+        return not self.skip_reason
+
+    @property
+    def first_scored_row(self) -> int:
+        """Prefix matching must stop here so every scored row is computed (m when none is)."""
+        return int(self.rows[0]) if self.rows.numel() else self.layout.num_tokens
+
+    def add_part(self, layer: int, stats: LayerStats, seconds: float) -> None:
+        while len(self.parts) <= layer:
+            self.parts.append([])
+        self.parts[layer].append(stats)
+        self.scoring_s += seconds
+
+    def layer_stats(self, num_layers: int, num_heads: int) -> list[LayerStats]:
+        m = self.layout.num_tokens
+        out = []
+        for layer in range(num_layers):
+            parts = self.parts[layer] if layer < len(self.parts) else []
+            if parts:
+                out.append(merge_layer_stats(parts, m))
+            else:  # a policy that needs no rows: the layer count and prompt length still go to select()
+                out.append(LayerStats(sparsity=None, column_sums=torch.zeros(num_heads, m), num_rows=0))
+        return out
+
+
+def parse_request_options(custom_params: dict | None, defaults: VLCacheDefaults) -> tuple[Policy, float]:
+    """The policy and budget a request asks for; ValueError with what is allowed when they are wrong."""
+    raw = (custom_params or {}).get(REQUEST_KEY)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"custom_params.{REQUEST_KEY} must be an object like {{'policy': 'vlcache', 'budget': 0.1}}")
+    options = dict(raw)
+    name = options.pop("policy", None)
+    budget = options.pop("budget", None)
+    if name is None:
+        name, options = defaults.policy, {**defaults.options, **options}
+    budget = defaults.budget if budget is None else budget
+    policy = get_policy(name, **options)
+    check_budget(budget)
+    return policy, float(budget)
+
+
+def prompt_layout_of(req) -> PromptLayout:
+    """Visual spans from the request's multimodal items (`offsets` are inclusive `(start, end)` pairs)."""
+    m = len(req.origin_input_ids)
+    spans = []
+    mm = getattr(req, "multimodal_inputs", None)
+    for item in (mm.mm_items if mm is not None else []):
+        for start, end in item.offsets or []:
+            if start < m:
+                spans.append((int(start), min(int(end) + 1, m)))
+    return PromptLayout(m, _merge_touching(spans))
+
+
+def _merge_touching(spans):
+    merged = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def make_plan(req, defaults: VLCacheDefaults) -> CompressionPlan:
+    policy, budget = parse_request_options(req.sampling_params.custom_params, defaults)
+    layout = prompt_layout_of(req)
+    reason = policy.skip_reason(layout, budget)
+    rows = policy.query_rows(layout) if not reason else torch.empty(0, dtype=torch.long)
+    return CompressionPlan(policy=policy, budget=budget, layout=layout, rows=rows, skip_reason=reason)
+
+
+class Stopwatch:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
