@@ -33,7 +33,7 @@ def compress_request(req, plan: CompressionPlan, pool: LayerwiseKVPool, allocato
         pool.views[row] = RequestView(prompt_len=m, kept=selection.keep)
     plan.parts = []  # the column sums are no longer needed
     token_bytes = pool.token_bytes_per_layer()
-    return {
+    report = {
         "policy": selection.policy,
         "budget": plan.budget,
         "compressed": selection.compressed,
@@ -47,4 +47,20 @@ def compress_request(req, plan: CompressionPlan, pool: LayerwiseKVPool, allocato
         "kv_bytes_kept": token_bytes * sum(selection.layer_budgets),
         "realized_budget": selection.realized_budget,
         "scoring_ms": (plan.scoring_s + watch.seconds) * 1000.0,
+    }
+    if plan.report_kept:
+        report["kept_positions"] = [keep.tolist() for keep in selection.keep]
+    return report
+
+
+def pool_figures(pool: LayerwiseKVPool, allocator: LayerwiseTokenAllocator) -> dict:
+    """Pool-level figures for the metrics layer (SGLang's `/get_server_info` -> `internal_states`)."""
+    table = allocator.slot_table
+    return {
+        "physical_slots_total": table.physical_size,
+        "physical_slots_used_per_layer": table.used_per_layer(),
+        "logical_slots_total": table.logical_size,
+        "logical_slots_used": table.logical_size - allocator.logical_available_size(),
+        "kv_bytes_per_token_per_layer": pool.token_bytes_per_layer(),
+        "compressed_requests": len(pool.views),
     }

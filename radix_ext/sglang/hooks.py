@@ -147,3 +147,16 @@ def output_streamer_class(scheduler, *args, **kwargs):
     from radix_ext.sglang.radix_cache import VLCacheRadixCache
 
     return VLCacheOutputStreamer if isinstance(scheduler.tree_cache, VLCacheRadixCache) else SchedulerOutputStreamer
+
+
+# --- pool figures: Scheduler.get_internal_state (AFTER) ----------------------------------------------------
+
+
+def add_pool_figures(result, scheduler, *args, **kwargs):
+    from radix_ext.sglang.compressor import pool_figures
+    from radix_ext.sglang.layerwise_allocator import LayerwiseTokenAllocator
+
+    allocator = scheduler.token_to_kv_pool_allocator
+    if isinstance(allocator, LayerwiseTokenAllocator):
+        result.internal_state[REQUEST_KEY] = pool_figures(allocator.get_kvcache(), allocator)
+    return result

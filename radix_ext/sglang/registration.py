@@ -124,6 +124,7 @@ HOOKS = (
         "AROUND",
     ),
     ("sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class", "output_streamer_class", "REPLACE"),
+    ("sglang.srt.managers.scheduler.Scheduler.get_internal_state", "add_pool_figures", "AFTER"),
 )
 
 

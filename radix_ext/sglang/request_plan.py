@@ -23,6 +23,7 @@ class CompressionPlan:
     layout: PromptLayout
     rows: torch.Tensor
     skip_reason: str
+    report_kept: bool = False  # also return the kept positions per layer (for research and tests)
     parts: list[list[LayerStats]] = field(default_factory=list)
     scoring_s: float = 0.0
 
@@ -53,14 +54,17 @@ class CompressionPlan:
         return out
 
 
-def parse_request_options(custom_params: dict | None, defaults: VLCacheDefaults) -> tuple[Policy, float]:
-    """The policy and budget a request asks for; ValueError with what is allowed when they are wrong."""
+def parse_request_options(custom_params: dict | None, defaults: VLCacheDefaults) -> tuple[Policy, float, bool]:
+    """The policy, budget and `report_kept` flag a request asks for; ValueError saying what is allowed."""
     raw = (custom_params or {}).get(REQUEST_KEY)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"custom_params.{REQUEST_KEY} must be an object like {{'policy': 'vlcache', 'budget': 0.1}}")
     options = dict(raw)
+    report_kept = options.pop("report_kept", False)
+    if not isinstance(report_kept, bool):
+        raise ValueError("report_kept must be true or false")
     name = options.pop("policy", None)
     budget = options.pop("budget", None)
     if name is None:
@@ -68,7 +72,7 @@ def parse_request_options(custom_params: dict | None, defaults: VLCacheDefaults)
     budget = defaults.budget if budget is None else budget
     policy = get_policy(name, **options)
     check_budget(budget)
-    return policy, float(budget)
+    return policy, float(budget), report_kept
 
 
 def prompt_layout_of(req) -> PromptLayout:
@@ -94,11 +98,11 @@ def _merge_touching(spans):
 
 
 def make_plan(req, defaults: VLCacheDefaults) -> CompressionPlan:
-    policy, budget = parse_request_options(req.sampling_params.custom_params, defaults)
+    policy, budget, report_kept = parse_request_options(req.sampling_params.custom_params, defaults)
     layout = prompt_layout_of(req)
     reason = policy.skip_reason(layout, budget)
     rows = policy.query_rows(layout) if not reason else torch.empty(0, dtype=torch.long)
-    return CompressionPlan(policy=policy, budget=budget, layout=layout, rows=rows, skip_reason=reason)
+    return CompressionPlan(policy, budget, layout, rows, reason, report_kept)
 
 
 class Stopwatch:
