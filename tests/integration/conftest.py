@@ -38,6 +38,42 @@ def sglang_server(tiny_model_dir, plugin_marker_dir, tmp_path_factory):
             raise
 
 
+def _server(config, tmp_path_factory, name, extra_env=None):
+    log_path = tmp_path_factory.mktemp(name) / "server.log"
+    log = open(log_path, "w")
+    server = SGLangServer(config, log=log, extra_env=extra_env)
+    try:
+        server.start()
+        server.wait_healthy()
+    except Exception:
+        server.stop()
+        log.close()
+        print(log_path.read_text()[-5000:])
+        raise
+    server.log_path = log_path
+    return server, log
+
+
+@pytest.fixture(scope="session")
+def vlcache_server(tiny_model_dir, tmp_path_factory):
+    """SGLang with the plugin selected (`--radix-cache-backend vlcache`); chunked prefill of 128 tokens so
+    image prompts span several chunks."""
+    config = SGLangServerConfig(
+        model_path=str(tiny_model_dir), port=free_port(), max_running_requests=8, max_total_tokens=16384,
+        extra_args=["--radix-cache-backend", "vlcache", "--chunked-prefill-size", "128"],
+    )  # fmt: skip
+    server, log = _server(config, tmp_path_factory, "vlcache")
+    yield server
+    server.stop()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def vlcache_client(vlcache_server):
+    with httpx.Client(base_url=vlcache_server.url, timeout=httpx.Timeout(120.0)) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def client(sglang_server):
     with httpx.Client(base_url=sglang_server.url, timeout=httpx.Timeout(120.0)) as c:

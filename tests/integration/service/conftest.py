@@ -1,0 +1,101 @@
+"""The gateway's integration tier: one gateway (real uvicorn, real HTTP) in front of the session's real
+SGLang server (`sglang_server`, tests/integration/conftest.py), plus a local HTTP server for media URLs.
+
+Markers registered here:
+- `needs_vlcache_plugin`: asserts the plugin's per-request report (`meta_info["vl_cache"]`); skipped
+  until the plugin lands (set VLCACHE_TEST_PLUGIN=1 to run them).
+- `needs_video_decoder`: SGLang decodes the gateway's MP4 clips with torchcodec or decord; skipped
+  when neither is importable in this environment.
+"""
+
+import importlib.util
+import os
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from service.app import create_app
+from service.config import GatewaySettings
+from tests.fast.service.gateway_server import running_server
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_vlcache_plugin: needs the radix_ext plugin's per-request KV report")
+    config.addinivalue_line("markers", "needs_video_decoder: SGLang needs torchcodec or decord to decode video")
+
+
+def video_decoder_available() -> bool:
+    return any(importlib.util.find_spec(name) is not None for name in ("torchcodec", "decord"))
+
+
+def pytest_collection_modifyitems(config, items):
+    plugin_on = os.environ.get("VLCACHE_TEST_PLUGIN") == "1"
+    decoder = video_decoder_available()
+    for item in items:
+        if "needs_vlcache_plugin" in item.keywords and not plugin_on:
+            item.add_marker(pytest.mark.skip(reason="the VL-Cache plugin report is not implemented yet (VLCACHE_TEST_PLUGIN=1 to run)"))
+        if "needs_video_decoder" in item.keywords and not decoder:
+            item.add_marker(pytest.mark.skip(reason="SGLang has no video decoder here (install decord or torchcodec)"))
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="session")
+def media_server(tmp_path_factory):
+    """(base URL, folder): files written to the folder are served on 127.0.0.1."""
+    folder = tmp_path_factory.mktemp("media")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(folder)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="session")
+def gateway_settings(sglang_server):
+    # The local media server is on loopback: allow-list it (and only it) past the SSRF guard.
+    return GatewaySettings(backend_url=sglang_server.url, media_url_allowed_hosts=["127.0.0.1"], max_inflight_requests=8)
+
+
+@pytest.fixture(scope="session")
+def gateway_app(gateway_settings):
+    return create_app(gateway_settings)
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_app):
+    """Base URL of the gateway, once its lifespan ran (SGLang model info read, chat template loaded)."""
+    with running_server(gateway_app, ready_path="/ready", timeout_s=300) as url:
+        yield url
+
+
+def _openai(url):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=180, max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def openai_client(gateway):
+    with _openai(gateway) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def vlcache_gateway(request):
+    """A second gateway, in front of SGLang with the plugin selected (`vlcache_server` of
+    tests/integration/conftest.py, looked up lazily: only the plugin tests start that server)."""
+    server = request.getfixturevalue("vlcache_server")
+    app = create_app(GatewaySettings(backend_url=server.url))
+    with running_server(app, ready_path="/ready", timeout_s=300) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def vlcache_openai_client(vlcache_gateway):
+    with _openai(vlcache_gateway) as client:
+        yield client

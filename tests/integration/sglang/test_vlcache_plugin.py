@@ -1,0 +1,244 @@
+"""The vlcache plugin inside the real SGLang runtime (CPU engine, tiny Qwen2-VL, float32)."""
+
+import base64
+import io
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import av
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from service.sglang_process import SGLangServerConfig, free_port
+from tests.integration.conftest import _server, data_url, make_image
+
+IMAGE = make_image((448, 448), (200, 30, 30))
+OTHER_IMAGE = make_image((224, 336), (20, 120, 200), 1)
+
+
+def chat_prompt(processor, parts, text="Describe the image in one sentence."):
+    content = [{"type": p} for p in parts] + [{"type": "text", "text": text}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+def body(prompt, images=(), vl=None, max_new_tokens=16, videos=(), **sampling):
+    params = {"temperature": 0, "max_new_tokens": max_new_tokens, **sampling}
+    if vl is not None:
+        params["custom_params"] = {"vl_cache": vl}
+    out = {"text": prompt, "sampling_params": params}
+    if images:
+        out["image_data"] = [data_url(img) for img in images]
+    if videos:
+        out["video_data"] = list(videos)
+    return out
+
+
+def generate(client, payload):
+    resp = client.post("/generate", json=payload)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def report_of(result):
+    (report,) = result["meta_info"]["vl_cache"]  # request-level: exactly one report per request
+    return report
+
+
+def pool_state(client):
+    return client.get("/get_server_info").json()["internal_states"][0]["vl_cache"]
+
+
+def mp4_data_url(frames=8, size=112):
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=4)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 20 + 25 * i, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return "data:video/mp4;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# --- parity --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vl", [{"policy": "full"}, {"policy": "vlcache", "budget": 1.0}])
+@pytest.mark.parametrize("parts,images", [(["image"], [IMAGE]), (["image", "image"], [IMAGE, OTHER_IMAGE])])
+def test_uncompressed_output_is_token_identical_to_stock_sglang(client, vlcache_client, processor, vl, parts, images):
+    prompt = chat_prompt(processor, parts)
+    stock = generate(client, body(prompt, images))
+    ours = generate(vlcache_client, body(prompt, images, vl))
+    assert ours["output_ids"] == stock["output_ids"]
+    report = report_of(ours)
+    assert not report["compressed"] and report["kv_bytes_kept"] == report["kv_bytes_full"]
+
+
+@pytest.fixture(scope="module")
+def reference_model(tiny_model_dir):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    return Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("policy", ["vlcache", "h2o", "snapkv", "pyramidkv"])
+def test_kept_positions_match_the_reference_engine(vlcache_client, processor, reference_model, policy):
+    from radix_ext.reference.engine import generate_from_inputs
+
+    prompt = chat_prompt(processor, ["image"])
+    ours = generate(vlcache_client, body(prompt, [IMAGE], {"policy": policy, "budget": 0.1, "report_kept": True}, 8))
+    inputs = processor(text=[prompt], images=[IMAGE], return_tensors="pt")
+    reference = generate_from_inputs(reference_model, inputs, policy, 0.1, max_new_tokens=8)
+    report = report_of(ours)
+    assert report["compressed"]
+    assert report["kept_tokens_per_layer"] == reference.selection.layer_budgets
+    for layer, keep in enumerate(reference.selection.keep):
+        assert report["kept_positions"][layer] == keep.tolist(), f"layer {layer}"
+    assert ours["output_ids"][:8] == reference.tokens[:8]
+
+
+# --- memory --------------------------------------------------------------------------------------------
+
+
+def test_physical_slots_held_equal_kept_tokens_plus_decode_tokens(vlcache_client, processor):
+    assert vlcache_client.post("/flush_cache").status_code == 200
+    payload = body(chat_prompt(processor, ["image"]), [IMAGE], {"policy": "vlcache", "budget": 0.1}, 400, ignore_eos=True)
+    payload["stream"] = True
+    report, checked = None, 0
+    with vlcache_client.stream("POST", "/generate", json=payload) as resp:
+        for line in resp.iter_lines():
+            if not line.startswith("data:") or line.endswith("[DONE]"):
+                continue
+            chunk = json.loads(line[5:])
+            report = report or (chunk["meta_info"].get("vl_cache") or [None])[0]
+            if report and len(chunk["output_ids"]) >= 3:
+                state = pool_state(vlcache_client)
+                # Everything held beyond the prompt's kept tokens is the same set of decode (and tree) slots
+                # in every layer: held[l] - kept[l] is one number, the logical slots beyond the prompt.
+                beyond_prompt = state["logical_slots_used"] - report["prompt_tokens"]
+                assert beyond_prompt >= 1
+                expected = [k + beyond_prompt for k in report["kept_tokens_per_layer"]]
+                assert state["physical_slots_used_per_layer"] == expected
+                checked += 1
+                if checked == 3:
+                    break  # closing the stream aborts the request
+    assert checked == 3 and report["compressed"]
+    assert sum(report["kept_tokens_per_layer"]) < 0.11 * 4 * report["prompt_tokens"]
+
+
+def test_burst_of_mixed_requests_then_flush_frees_every_slot(vlcache_client, vlcache_server, processor):
+    one, two = chat_prompt(processor, ["image"]), chat_prompt(processor, ["image", "image"])
+    video = chat_prompt(processor, ["video"], "Describe the video.")
+    text = chat_prompt(processor, [], "How many objects are there? Count them and give the number. " * 6)
+    clip = mp4_data_url()
+    jobs = []
+    for i in range(13):
+        jobs += [
+            ("plain", body(one, [IMAGE], {"policy": "vlcache", "budget": 0.1}, 6 + i % 5)),
+            ("plain", body(one, [IMAGE], {"policy": "full"}, 4)),  # shares the image prefix in the tree
+            ("plain", body(two, [IMAGE, OTHER_IMAGE], {"policy": ["h2o", "snapkv", "vlcache"][i % 3], "budget": 0.2}, 5)),
+            ("abort", body(one, [OTHER_IMAGE], {"policy": "vlcache", "budget": 0.1}, 300, ignore_eos=True)),
+        ]
+        if i % 4 == 0:
+            jobs += [("plain", body(video, videos=[clip], vl={"policy": "vlcache", "budget": 0.1}, max_new_tokens=4)),
+                     ("plain", body(text, vl={"policy": "streamingllm", "budget": 0.5}, max_new_tokens=4))]  # fmt: skip
+    assert len(jobs) >= 50
+
+    def run(job):
+        kind, payload = job
+        with httpx.Client(base_url=vlcache_server.url, timeout=120) as c:
+            if kind == "plain":
+                return report_of(generate(c, payload))["compressed"]
+            with c.stream("POST", "/generate", json={**payload, "stream": True}) as resp:
+                for n, line in enumerate(resp.iter_lines()):
+                    if n >= 3:
+                        return "aborted"  # leaving the block closes the connection mid-decode
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outcomes = list(pool.map(run, jobs))
+    assert outcomes.count("aborted") == 13 and True in outcomes and False in outcomes
+
+    deadline = time.monotonic() + 60
+    while vlcache_client.post("/flush_cache").status_code != 200:  # refused while requests still run
+        assert time.monotonic() < deadline, "the server never went idle after the burst"
+        time.sleep(0.5)
+    state = pool_state(vlcache_client)
+    assert state["logical_slots_used"] == 0
+    assert state["physical_slots_used_per_layer"] == [0] * len(state["physical_slots_used_per_layer"])
+    assert state["compressed_requests"] == 0
+    assert generate(vlcache_client, body(one, [IMAGE], {"policy": "vlcache", "budget": 0.1}, 4))["output_ids"]
+
+
+# --- admission -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_pool_server(tiny_model_dir, tmp_path_factory):
+    """A pool of 1200 token slots: about three uncompressed 294-token image prompts fit at once."""
+    config = SGLangServerConfig(
+        model_path=str(tiny_model_dir), port=free_port(), max_running_requests=8, max_total_tokens=1200,
+        extra_args=["--radix-cache-backend", "vlcache", "--enable-metrics"],
+    )  # fmt: skip
+    server, log = _server(config, tmp_path_factory, "small-pool")
+    yield server
+    server.stop()
+    log.close()
+
+
+def _max_running(server, payload, n=8):
+    def run(_):
+        with httpx.Client(base_url=server.url, timeout=300) as c:
+            return c.post("/generate", json=payload).status_code
+
+    peak = 0
+    with ThreadPoolExecutor(max_workers=n) as pool, httpx.Client(base_url=server.url, timeout=30) as probe:
+        futures = [pool.submit(run, i) for i in range(n)]
+        while not all(f.done() for f in futures):
+            for line in probe.get("/metrics").text.splitlines():
+                if line.startswith("sglang:num_running_reqs{"):
+                    peak = max(peak, int(float(line.rsplit(" ", 1)[1])))
+            time.sleep(0.05)
+        assert [f.result() for f in futures] == [200] * n
+    return peak
+
+
+def test_compression_admits_more_concurrent_requests_into_a_small_pool(small_pool_server, processor):
+    prompt = chat_prompt(processor, ["image"])
+    full = _max_running(small_pool_server, body(prompt, [IMAGE], {"policy": "full"}, 40, ignore_eos=True))
+    compressed = _max_running(small_pool_server, body(prompt, [IMAGE], {"policy": "vlcache", "budget": 0.1}, 40, ignore_eos=True))
+    print(f"peak running requests in a 1200-slot pool: full={full}, vlcache@0.1={compressed}")
+    assert full <= 3
+    assert compressed > full
+
+
+# --- bad options ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "vl,needle",
+    [
+        ({"policy": "nope"}, "unknown policy 'nope'"),
+        ({"policy": "vlcache", "budget": 0}, "budget must be a number in (0, 1]"),
+        ({"policy": "vlcache", "budget": 1.5}, "budget must be a number in (0, 1]"),
+        ({"policy": "vlcache", "budget": "half"}, "budget must be a number in (0, 1]"),
+        ({"policy": "vlcache", "window": 3}, "unknown option(s) ['window']"),
+        ("vlcache", "must be an object"),
+    ],
+)
+def test_bad_options_fail_the_request_and_the_next_one_succeeds(vlcache_client, processor, vl, needle):
+    prompt = chat_prompt(processor, ["image"])
+    resp = vlcache_client.post("/generate", json=body(prompt, [IMAGE], vl, 4))
+    assert resp.status_code == 400
+    assert needle in resp.json()["error"]["message"]
+    assert generate(vlcache_client, body(prompt, [IMAGE], {"policy": "vlcache", "budget": 0.1}, 4))["output_ids"]
