@@ -12,6 +12,6 @@ RUN pip install --no-cache-dir ".[gpu]"
 
 ENV SGLANG_PLUGINS=vlcache \
     VLCACHE_CACHE_DIR=/var/cache/vlcache
-EXPOSE 30000
-# With no --model the embedded tiny model is built on first start; pass --model for a real one.
+EXPOSE 8000
+# The gateway on :8000 starts SGLang (plugin selected) on loopback; pass --model for a real model.
 ENTRYPOINT ["vlcache-serve", "--device", "cuda", "--host", "0.0.0.0"]

@@ -1,6 +1,9 @@
-"""`vlcache-serve`: serve a vision-language model on SGLang with the vlcache plugin.
+"""`vlcache-serve`: the REST gateway in front of SGLang (with the vlcache plugin).
 
-With no arguments it builds (on first use) and serves the embedded tiny Qwen2-VL on CPU, on loopback.
+With no arguments it builds (on first use) the embedded tiny Qwen2-VL, starts SGLang on it as a child
+process bound to loopback, and serves the gateway on http://127.0.0.1:8000. With `--backend-url` it
+attaches to an SGLang server that already runs. Every option is also a `VLCACHE_*` environment
+variable (see service/config.py); flags win over the environment. Unknown flags go to SGLang as is.
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ import base64
 import io
 import json
 import shlex
+import signal
 
-from service.sglang_process import SGLangServer, SGLangServerConfig
+from service.config import GatewaySettings
+
+EXAMPLE_PROMPT = "Describe the image."
 
 
 def _example_image_data_url() -> str:
@@ -22,9 +28,9 @@ def _example_image_data_url() -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def example_curl(url: str) -> str:
-    body = {
-        "model": "default",
+def example_body(model: str) -> dict:
+    return {
+        "model": model,
         "max_tokens": 16,
         "temperature": 0,
         "messages": [
@@ -32,49 +38,125 @@ def example_curl(url: str) -> str:
                 "role": "user",
                 "content": [
                     {"type": "image_url", "image_url": {"url": _example_image_data_url()}},
-                    {"type": "text", "text": "Describe the image."},
+                    {"type": "text", "text": EXAMPLE_PROMPT},
                 ],
             }
         ],
+        "vl_cache": {"policy": "vlcache", "budget": 0.1},
     }
+
+
+def example_curl(url: str, model: str, with_key: bool = False) -> str:
+    # The key itself is never printed: the snippet reads it from the environment.
+    auth = '-H "Authorization: Bearer $VLCACHE_API_KEY" ' if with_key else ""
     return (
-        f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' "
-        f"-d {shlex.quote(json.dumps(body))}"
+        f"curl -s {url}/v1/chat/completions {auth}-H 'Content-Type: application/json' "
+        f"-d {shlex.quote(json.dumps(example_body(model)))}"
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="vlcache-serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder (default: the embedded tiny Qwen2-VL)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=30000)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--context-length", type=int, default=8192)
-    parser.add_argument("--max-total-tokens", type=int, default=32768)
-    args, extra = parser.parse_known_args(argv)  # anything else goes to SGLang as is
+def example_python(url: str, model: str, with_key: bool = False) -> str:
+    key = 'os.environ["VLCACHE_API_KEY"]' if with_key else '"unused"'
+    return f'''import os
+from openai import OpenAI
 
-    if args.model is None:
+client = OpenAI(base_url="{url}/v1", api_key={key})
+image = "{_example_image_data_url()}"
+resp = client.chat.completions.create(
+    model="{model}", max_tokens=16, temperature=0,
+    messages=[{{"role": "user", "content": [
+        {{"type": "image_url", "image_url": {{"url": image}}}},
+        {{"type": "text", "text": "{EXAMPLE_PROMPT}"}}]}}],
+    extra_body={{"vl_cache": {{"policy": "vlcache", "budget": 0.1}}}},
+)
+print(resp.choices[0].message.content)
+print(resp.usage.model_extra)  # kv_cache (the VL-Cache report) and timings'''
+
+
+def parse_args(argv: list[str] | None) -> tuple[dict, list[str]]:
+    """CLI flags -> settings overrides (only the flags given) and the extra args for SGLang."""
+    parser = argparse.ArgumentParser(prog="vlcache-serve", description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--backend-url", help="attach to this SGLang server instead of starting one (VLCACHE_BACKEND_URL)")
+    add("--model", help="model folder for the started SGLang (default: the embedded tiny Qwen2-VL)")
+    add("--tokenizer-path", help="where to load the chat template (default: the path SGLang reports)")
+    add("--served-model-name", help="the model id clients send (default: the model folder's name)")
+    add("--host", help="gateway bind address (default 127.0.0.1)")
+    add("--port", type=int, help="gateway port (default 8000)")
+    add("--sglang-port", type=int, help="port of the started SGLang, on loopback (default: a free one)")
+    add("--device", choices=["cpu", "cuda"], help="device of the started SGLang (default cpu)")
+    add("--dtype")
+    add("--context-length", type=int)
+    add("--max-total-tokens", type=int)
+    add("--max-running-requests", type=int)
+    add("--default-policy", help="VL-Cache policy for requests that name none (default: the plugin's, vlcache at 0.1)")
+    add("--default-budget", type=float)
+    args, extra = parser.parse_known_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if value is not None}
+    return overrides, extra
+
+
+def print_banner(url: str, model: str, with_key: bool = False) -> None:
+    print(f"\n[vlcache] gateway ready at {url} (OpenAI-compatible: {url}/v1, docs: {url}/docs, metrics: {url}/metrics)")
+    if with_key:
+        print("[vlcache] an API key is configured: the examples read it from $VLCACHE_API_KEY")
+    print("[vlcache] try it with curl:\n")
+    print(example_curl(url, model, with_key) + "\n")
+    print("[vlcache] or with the openai Python client:\n")
+    print(example_python(url, model, with_key) + "\n", flush=True)
+
+
+def serve(settings: GatewaySettings) -> None:
+    """Serve the gateway in front of `settings.backend_url` until interrupted."""
+    import uvicorn
+
+    from service.app import create_app
+
+    public_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = f"http://{public_host}:{settings.port}"
+    with_key = settings.api_key is not None
+    app = create_app(settings, on_ready=lambda state: print_banner(url, state.model_name, with_key))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    # Turn SIGTERM (Kubernetes, `timeout`) into SystemExit so `finally` stops the SGLang child even
+    # while we wait for it to become healthy. uvicorn installs its own handlers while it serves.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    overrides, extra = parse_args(argv)
+    settings = GatewaySettings(**overrides)
+    if settings.backend_url:
+        if extra:
+            raise SystemExit(f"unknown arguments {extra}: with --backend-url there is no SGLang to pass them to")
+        serve(settings)
+        return
+
+    from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+
+    model = settings.model
+    if model is None:
         from radix_ext.models.tiny_qwen2vl import ensure_tiny_qwen2vl
 
-        args.model = str(ensure_tiny_qwen2vl())
+        model = str(ensure_tiny_qwen2vl())
     config = SGLangServerConfig(
-        model_path=args.model,
-        host=args.host,
-        port=args.port,
-        device=args.device,
-        dtype=args.dtype,
-        context_length=args.context_length,
-        max_total_tokens=args.max_total_tokens,
+        model_path=model,
+        host="127.0.0.1",  # the child is private to the gateway
+        port=settings.sglang_port or free_port(),
+        device=settings.device,
+        dtype=settings.dtype,
+        context_length=settings.context_length,
+        max_total_tokens=settings.max_total_tokens,
+        max_running_requests=settings.max_running_requests,
         extra_args=extra,
     )
     server = SGLangServer(config).start()
     try:
-        server.wait_healthy()
-        print(f"\n[vlcache] serving {args.model} at {config.url} (OpenAI-compatible API: {config.url}/v1)")
-        print("[vlcache] try it:\n")
-        print(example_curl(config.url) + "\n", flush=True)
-        server.process.wait()
+        server.wait_healthy(timeout_s=settings.backend_startup_timeout_s)
+        serve(settings.model_copy(update={"backend_url": config.url}))
     except KeyboardInterrupt:
         pass
     finally:

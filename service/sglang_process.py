@@ -36,6 +36,10 @@ class SGLangServerConfig:
     context_length: int = 8192
     max_total_tokens: int = 32768
     max_running_requests: int = 8
+    kv_compression: bool = True  # select the vlcache plugin (`--radix-cache-backend vlcache`)
+    # SGLang's request timestamps (first_token_latency, queue_time, e2e_latency) in meta_info, from
+    # which the gateway reports the timings of plain answers; also SGLang's own /metrics.
+    enable_metrics: bool = True
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -55,6 +59,10 @@ class SGLangServerConfig:
             "--max-running-requests", str(self.max_running_requests),
             "--skip-server-warmup",
         ]  # fmt: skip
+        if self.kv_compression:
+            args += ["--radix-cache-backend", "vlcache"]
+        if self.enable_metrics:
+            args += ["--enable-metrics"]
         if self.device == "cpu":
             # The CPU engine: no CUDA graphs, no overlap scheduler, plain-torch attention and sampling.
             args += [
@@ -64,6 +72,7 @@ class SGLangServerConfig:
                 "--cuda-graph-backend-decode", "disabled",
                 "--cuda-graph-backend-prefill", "disabled",
                 "--disable-overlap-schedule",
+                "--sleep-on-idle",  # an idle scheduler otherwise busy-polls a core; we have two
             ]  # fmt: skip
         return args + list(self.extra_args)
 

@@ -27,7 +27,9 @@ def plugin_marker_dir(tmp_path_factory):
 def sglang_server(tiny_model_dir, plugin_marker_dir, tmp_path_factory):
     """A stock SGLang server (`python -m sglang.launch_server`) on loopback; its log is printed on failure."""
     log_path = tmp_path_factory.mktemp("sglang") / "server.log"
-    config = SGLangServerConfig(model_path=str(tiny_model_dir), port=free_port(), max_running_requests=4)
+    config = SGLangServerConfig(
+        model_path=str(tiny_model_dir), port=free_port(), max_running_requests=4, kv_compression=False
+    )
     with open(log_path, "w") as log:
         server = SGLangServer(config, log=log, extra_env={MARKER_DIR_ENV: str(plugin_marker_dir)})
         try:
@@ -60,7 +62,7 @@ def vlcache_server(tiny_model_dir, tmp_path_factory):
     image prompts span several chunks."""
     config = SGLangServerConfig(
         model_path=str(tiny_model_dir), port=free_port(), max_running_requests=8, max_total_tokens=16384,
-        extra_args=["--radix-cache-backend", "vlcache", "--chunked-prefill-size", "128"],
+        extra_args=["--chunked-prefill-size", "128"],
     )  # fmt: skip
     server, log = _server(config, tmp_path_factory, "vlcache")
     yield server

@@ -1,15 +1,9 @@
 """The gateway's integration tier: one gateway (real uvicorn, real HTTP) in front of the session's real
 SGLang server (`sglang_server`, tests/integration/conftest.py), plus a local HTTP server for media URLs.
 
-Markers registered here:
-- `needs_vlcache_plugin`: asserts the plugin's per-request report (`meta_info["vl_cache"]`); skipped
-  until the plugin lands (set VLCACHE_TEST_PLUGIN=1 to run them).
-- `needs_video_decoder`: SGLang decodes the gateway's MP4 clips with torchcodec or decord; skipped
-  when neither is importable in this environment.
+The plugin-report tests use a second gateway in front of `vlcache_server` (the plugin selected).
 """
 
-import importlib.util
-import os
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -20,24 +14,6 @@ from service.app import create_app
 from service.config import GatewaySettings
 from tests.fast.service.gateway_server import running_server
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "needs_vlcache_plugin: needs the radix_ext plugin's per-request KV report")
-    config.addinivalue_line("markers", "needs_video_decoder: SGLang needs torchcodec or decord to decode video")
-
-
-def video_decoder_available() -> bool:
-    return any(importlib.util.find_spec(name) is not None for name in ("torchcodec", "decord"))
-
-
-def pytest_collection_modifyitems(config, items):
-    plugin_on = os.environ.get("VLCACHE_TEST_PLUGIN") == "1"
-    decoder = video_decoder_available()
-    for item in items:
-        if "needs_vlcache_plugin" in item.keywords and not plugin_on:
-            item.add_marker(pytest.mark.skip(reason="the VL-Cache plugin report is not implemented yet (VLCACHE_TEST_PLUGIN=1 to run)"))
-        if "needs_video_decoder" in item.keywords and not decoder:
-            item.add_marker(pytest.mark.skip(reason="SGLang has no video decoder here (install decord or torchcodec)"))
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

@@ -90,7 +90,6 @@ def test_bad_input_gets_4xx_and_the_gateway_keeps_serving(openai_client, media_s
     assert openai_client.chat.completions.create(model=MODEL, messages=image_message(RED), max_tokens=2).choices
 
 
-@pytest.mark.needs_video_decoder
 @pytest.mark.parametrize("codec,fmt,mime", [("libx264", "mp4", "video/mp4"), ("libvpx-vp9", "webm", "video/webm")])
 def test_video_chat(openai_client, codec, fmt, mime):
     clip = video_bytes(codec, fmt, frames=30, size=(128, 96), fps=10)  # 3 s -> 6 frames at 2 fps

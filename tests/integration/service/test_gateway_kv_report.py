@@ -1,4 +1,4 @@
-"""The plugin's per-request KV report, as the gateway returns it (enable with VLCACHE_TEST_PLUGIN=1)."""
+"""The plugin's per-request KV report, as the gateway returns it."""
 
 import json
 
@@ -20,7 +20,6 @@ def ask(openai_client, vl_cache=None, max_tokens=8):
     )  # fmt: skip
 
 
-@pytest.mark.needs_vlcache_plugin
 def test_report_is_consistent(vlcache_openai_client, tiny_model_dir, vlcache_gateway):
     layers = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]["num_hidden_layers"]
     resp = ask(vlcache_openai_client, {"policy": "vlcache", "budget": 0.25})
@@ -40,9 +39,9 @@ def test_report_is_consistent(vlcache_openai_client, tiny_model_dir, vlcache_gat
 
     metrics = httpx.get(f"{vlcache_gateway}/metrics").text
     assert 'vlcache_kv_requests_total{compressed="true",policy="vlcache"}' in metrics
+    assert 'vlcache_kv_pool_layer_capacity_slots{layer="0"}' in metrics  # the plugin's per-layer pool figures
 
 
-@pytest.mark.needs_vlcache_plugin
 def test_full_policy_reports_no_saving_and_changes_nothing(vlcache_openai_client, openai_client):
     stock = ask(openai_client).choices[0].message.content  # the stock server, without the plugin
     resp = ask(vlcache_openai_client, {"policy": "full", "budget": 1.0})

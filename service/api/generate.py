@@ -1,0 +1,71 @@
+"""`POST /v1/generate`: one prompt with uploaded images and/or a video (multipart/form-data).
+
+For apps that hold files rather than URLs (`curl -F images=@photo.jpg`, browsers, `requests`). The
+uploads become one user turn: the images in upload order, then the video, then the prompt text. The
+files go through the same intake (type sniffing, limits, EXIF, video sampling) and the same pipeline
+as the chat API, and the answer carries the same `usage` report (`kv_cache`, `timings`). Plain
+answers only: stream with `/v1/chat/completions`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from service.api.completion import finish_reason
+from service.api.pipeline import GenerationRun
+from service.api.schemas import ERROR_RESPONSES, Generation
+from service.conversation import prepare_uploads
+from service.sglang_request import SamplingOptions, resolve_vl_cache, sampling_params
+from service.state import GatewayState
+
+router = APIRouter()
+
+
+@router.post("/v1/generate", response_model=Generation, responses=ERROR_RESPONSES)
+async def generate(
+    request: Request,
+    prompt: Annotated[str, Form(min_length=1, description="the question or instruction")],
+    images: Annotated[list[UploadFile] | None, File(description="image files (PNG, JPEG, WebP, GIF); repeat the field for several")] = None,
+    video: Annotated[UploadFile | None, File(description="a video file (MP4/MOV, WebM/MKV)")] = None,
+    max_tokens: Annotated[int | None, Form(ge=1, description="default 256")] = None,
+    temperature: Annotated[float | None, Form(ge=0.0, le=2.0)] = None,
+    top_p: Annotated[float | None, Form(gt=0.0, le=1.0)] = None,
+    seed: Annotated[int | None, Form()] = None,
+    policy: Annotated[str | None, Form(description="VL-Cache policy (default: the server's)")] = None,
+    budget: Annotated[float | None, Form(description="kept fraction of prompt tokens, 0 < budget <= 1")] = None,
+    max_frames: Annotated[int | None, Form(ge=2, description="video: at most this many frames (lowers the server cap)")] = None,
+    fps: Annotated[float | None, Form(gt=0.0, description="video: at most this many frames per second (lowers the cap)")] = None,
+    model: Annotated[str | None, Form(description="the served model id (default: it)")] = None,
+) -> Response:
+    gw: GatewayState = request.app.state.gateway
+    run = GenerationRun(gw, request, "gen")
+    gw.check_model(model)
+    sent = None if policy is None and budget is None else {"policy": policy, "budget": budget}
+    vl_cache = resolve_vl_cache(sent, gw.settings)
+    sampling = sampling_params(SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed), vl_cache)
+    settings = gw.settings
+    uploads = list(images or [])
+
+    def prepare():
+        return prepare_uploads(
+            prompt, uploads, video, gw.intake, settings.max_images_per_request, settings.max_videos_per_request,
+            video_max_frames=max_frames, video_fps=fps,
+        )  # fmt: skip
+
+    outcome = await run.execute(prepare, sampling, stream=False)
+    if isinstance(outcome, Response):
+        return outcome  # the client left
+    meta = outcome.get("meta_info", {})
+    answer = Generation(
+        id=run.rid,
+        created=int(time.time()),
+        model=gw.model_name,
+        text=outcome.get("text", ""),
+        finish_reason=finish_reason(meta),
+        usage=run.plain_usage(meta),
+    )
+    return JSONResponse(answer.model_dump(mode="json"), headers={"x-request-id": run.rid})
