@@ -14,8 +14,8 @@ RECENT_WINDOW_FRACTION = 0.1  # spec section 3: w[l] = ceil(0.1 * k[l]) most rec
 class Selection:
     """Which prompt positions each layer keeps, plus the figures behind the choice.
 
-    `keep[l]`: sorted, unique `LongTensor` of kept prompt positions in layer `l` (all of `[0, m)` when
-    `compressed` is False). `layer_budgets[l]` = `len(keep[l])` = `k[l]`.
+    `keep[l]`: sorted, unique CPU `LongTensor` of kept prompt positions in layer `l` (all of `[0, m)`
+    when `compressed` is False), whatever device the statistics were computed on. `layer_budgets[l]` = `len(keep[l])` = `k[l]`.
     """
 
     policy: str
@@ -52,15 +52,16 @@ def recent_window(k: int, fraction: float = RECENT_WINDOW_FRACTION) -> int:
 
 
 def keep_top_with_window(scores: torch.Tensor, k: int, window: int) -> torch.Tensor:
-    """The `window` most recent positions plus the `k - window` best-scoring others, sorted.
+    """The `window` most recent positions plus the `k - window` best-scoring others, sorted (on the CPU).
 
     Ties break toward the lower position (stable sort over positions in order).
     """
+    scores = scores.detach().to("cpu", torch.float32)  # index lists are small; selections live on the CPU
     m = scores.numel()
     k = min(k, m)
     window = min(window, k)
     head = m - window
-    order = torch.sort(scores[:head].to(torch.float32), descending=True, stable=True).indices
+    order = torch.sort(scores[:head], descending=True, stable=True).indices
     chosen = torch.cat([order[: k - window], torch.arange(head, m)])
     return torch.sort(chosen).values.to(torch.long)
 
