@@ -24,7 +24,8 @@ def _example_image_data_url() -> str:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("RGB", (56, 56), (200, 30, 30)).save(buf, "PNG")
+    # 224 x 224: 64 visual tokens, a prompt long enough (>= 64 tokens) for the policy to compress.
+    Image.new("RGB", (224, 224), (200, 30, 30)).save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

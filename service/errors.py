@@ -105,6 +105,23 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param
 
 
+# The API promises 400 for a bad VL-Cache policy or budget, whatever is wrong with it (a budget of 1.5
+# or of "lots"): type errors there are reported as bad values, not as schema errors.
+_VL_CACHE_CODES = {"policy": "invalid_policy", "budget": "invalid_budget"}
+
+
+def _vl_cache_code(error: dict) -> str | None:
+    """`invalid_policy` / `invalid_budget` / `invalid_vl_cache` for an error in VL-Cache options, else None."""
+    if error.get("type") == "extra_forbidden":
+        return None
+    loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+    if loc[:1] == ["vl_cache"]:
+        return _VL_CACHE_CODES.get(loc[1] if len(loc) > 1 else "", "invalid_vl_cache")
+    if len(loc) == 1 and loc[0] in _VL_CACHE_CODES:  # the form fields of /v1/generate
+        return _VL_CACHE_CODES[loc[0]]
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every exception type the gateway can meet to an OpenAI-style JSON body."""
 
@@ -118,6 +135,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if any(err.get("type") == "json_invalid" for err in exc.errors()):
             return InvalidRequest("the body is not valid JSON", code="invalid_json").response()
         message, param = _validation_message(exc)
+        codes = [_vl_cache_code(err) for err in exc.errors()]
+        if codes and all(codes):
+            return InvalidRequest(message, param=param, code=codes[0]).response()
         return ValidationFailed(message, param=param, code="validation_error").response()
 
     @app.exception_handler(StarletteHTTPException)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator
 
 from service.kv_report import KVCacheReport
 
@@ -70,7 +70,7 @@ class VLCacheOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     policy: str | None = Field(default=None, description="VL-Cache policy, e.g. vlcache, full, snapkv")
-    budget: float | None = Field(
+    budget: StrictFloat | None = Field(  # strict: `true` or "0.1" is a bad budget, not 1.0 or 0.1
         default=None, description="kept fraction of prompt tokens", json_schema_extra={"exclusiveMinimum": 0, "maximum": 1}
     )
 

@@ -99,7 +99,9 @@ BMP = data_url(image_bytes(fmt="BMP"), "image/bmp")
         ({"model": "default"}, 422, "validation_error"),
         (chat(max_tokens="many"), 422, "validation_error"),
         (chat([{"type": "audio", "audio": "x"}]), 422, "validation_error"),
-        (chat(vl_cache={"policy": 3}), 422, "validation_error"),
+        (chat(vl_cache={"policy": 3}), 400, "invalid_policy"),
+        (chat(vl_cache={"budget": "lots"}), 400, "invalid_budget"),
+        (chat(vl_cache=[1]), 400, "invalid_vl_cache"),
         # 400: bad values
         (chat(vl_cache={"policy": "nope"}), 400, "invalid_policy"),
         (chat(vl_cache={"policy": "vlcache", "budget": 1.5}), 400, "invalid_budget"),
@@ -120,7 +122,7 @@ BMP = data_url(image_bytes(fmt="BMP"), "image/bmp")
         # 404
         ({**chat(), "model": "gpt-4"}, 404, "model_not_found"),
     ],
-    ids=["unknown-field", "n=2", "no-messages", "no-messages-field", "wrong-type", "unknown-part", "policy-type",
+    ids=["unknown-field", "n=2", "no-messages", "no-messages-field", "wrong-type", "unknown-part", "policy-type", "budget-type", "vl-cache-type",
          "bad-policy", "bad-budget", "zero-budget", "nested-option", "media-in-assistant", "too-many-images",
          "undecodable-png", "bad-base64", "ssrf", "undecodable-mp4", "bmp", "text-file", "image-as-video",
          "image-too-big", "unknown-model"],  # fmt: skip
@@ -312,3 +314,96 @@ def test_client_disconnect_mid_stream_aborts_in_backend(chat_template, fake):
                 time.sleep(0.05)
             assert app.state.gateway.limiter.inflight == 0
             assert "vlcache_aborted_requests_total 1.0" in client.get("/metrics").text
+
+
+def test_timings_of_a_plain_answer_come_from_sglangs_stamps(make_client, fake):
+    timings = make_client().post("/v1/chat/completions", json=chat()).json()["usage"]["timings"]
+    # The fake SGLang: queue 2 ms, first token 10 ms after receipt, finished at 30 ms, 3 tokens.
+    assert timings["queue_ms"] == 2.0
+    assert timings["ttft_ms"] >= 10.0 and timings["e2e_ms"] >= timings["media_ms"]
+    assert timings["decode_ms"] == pytest.approx(20.0)
+    assert timings["output_tokens_per_s"] == pytest.approx(100.0)  # 2 tokens after the first in 20 ms
+
+
+def test_timings_of_a_stream_are_measured_by_the_gateway(make_client, fake):
+    fake.step_s = 0.02
+    client = make_client()
+    events = sse_events(client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True})).text)
+    timings = json.loads(events[-2])["usage"]["timings"]
+    assert timings["ttft_ms"] >= 20 and timings["decode_ms"] >= 35  # 3 events 20 ms apart
+    assert timings["output_tokens_per_s"] == pytest.approx(2000.0 / timings["decode_ms"], rel=1e-3)
+    assert timings["e2e_ms"] >= timings["ttft_ms"] + timings["decode_ms"] - 1
+    metrics = client.get("/metrics").text
+    assert "vlcache_inter_token_latency_seconds_count 2.0" in metrics  # one per token after the first
+    assert 'vlcache_inter_token_latency_seconds_bucket{le="0.01"} 0.0' in metrics  # each gap is ~20 ms
+    assert 'vlcache_e2e_request_latency_seconds_count{stream="true"} 1.0' in metrics
+
+
+def test_api_key_guards_v1_routes_only(make_client):
+    client = make_client(api_key="s3cret")
+    for method, path in [("get", "/v1/models"), ("post", "/v1/chat/completions"), ("post", "/v1/generate")]:
+        resp = getattr(client, method)(path)
+        assert_openai_error(resp, 401, "invalid_api_key")
+        assert resp.headers["www-authenticate"] == "Bearer"
+    assert_openai_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
+    assert_openai_error(client.get("/v1/models", headers={"Authorization": "Basic s3cret"}), 401, "invalid_api_key")
+    ok = {"Authorization": "Bearer s3cret"}
+    assert client.get("/v1/models", headers=ok).status_code == 200
+    assert client.post("/v1/chat/completions", json=chat(), headers=ok).status_code == 200
+    for path in ["/health", "/ready", "/metrics", "/openapi.json"]:  # probes and Prometheus carry no key
+        assert client.get(path).status_code == 200, path
+    assert 'vlcache_requests_total{endpoint="/v1/models",status="401"} 3.0' in client.get("/metrics").text
+
+
+def test_no_api_key_configured_means_open(make_client):
+    assert make_client().get("/v1/models", headers={"Authorization": "Bearer anything"}).status_code == 200
+
+
+def test_backend_not_ready_at_start_is_503_until_it_is(make_client, fake, monkeypatch):
+    """A pod whose SGLang still loads: the gateway runs, answers 503, and connects once SGLang is up."""
+    import service.app
+
+    monkeypatch.setattr(service.app, "RETRY_FIRST_S", 0.05)
+    real_model_info, calls = fake.model_info, []
+
+    async def loading():
+        calls.append(1)
+        if len(calls) < 3:
+            raise BackendError("SGLang is unreachable (ConnectError)", status_code=503, code="backend_unavailable")
+        return await real_model_info()
+
+    fake.model_info = loading
+    client = make_client()
+    assert client.get("/health").status_code == 200
+    resp = client.post("/v1/chat/completions", json=chat())
+    if resp.status_code == 503:  # (the retry may already have connected on a slow machine)
+        assert_openai_error(resp, 503, "backend_not_ready")
+        assert resp.headers["retry-after"]
+    deadline = time.monotonic() + 10
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, "the gateway never connected"
+        time.sleep(0.05)
+    assert client.post("/v1/chat/completions", json=chat()).status_code == 200
+
+
+def test_unreachable_backend_is_503(chat_template):
+    """Real httpx client, nothing listening: every model route is 503, liveness and metrics still answer."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import GatewaySettings
+    from service.sglang_process import free_port
+
+    app = create_app(GatewaySettings(backend_url=f"http://127.0.0.1:{free_port()}"), template=chat_template)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/health").status_code == 200
+        assert_openai_error(client.get("/ready"), 503, "backend_not_ready")
+        assert_openai_error(client.get("/v1/models"), 503, "backend_not_ready")
+        assert_openai_error(client.post("/v1/chat/completions", json=chat()), 503, "backend_not_ready")
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200 and "vlcache_backend_up 0.0" in metrics.text
+        # Connected, then SGLang goes away: the generation call itself is the 503.
+        gw = app.state.gateway
+        gw.template, gw.model_name = chat_template, "tiny-qwen2vl"
+        assert_openai_error(client.post("/v1/chat/completions", json=chat()), 503, "backend_unavailable")
+        assert gw.limiter.inflight == 0

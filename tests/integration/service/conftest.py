@@ -1,7 +1,11 @@
-"""The gateway's integration tier: one gateway (real uvicorn, real HTTP) in front of the session's real
-SGLang server (`sglang_server`, tests/integration/conftest.py), plus a local HTTP server for media URLs.
+"""The gateway's integration tier: gateways (real uvicorn, real HTTP) in front of the session's real
+SGLang servers (tests/integration/conftest.py), plus a local HTTP server for media URLs. No SGLang
+server is started here: gateways are cheap (a chat template load), SGLang servers are not.
 
-The plugin-report tests use a second gateway in front of `vlcache_server` (the plugin selected).
+- `gateway`: in front of `sglang_server` (stock SGLang, plugin not selected);
+- `strict_gateway`: the same backend, with an API key and an in-flight limit of 1;
+- `vlcache_gateway`: in front of `vlcache_server` (the plugin selected): per-request KV reports and
+  per-layer pool figures.
 """
 
 import threading
@@ -31,10 +35,17 @@ def media_server(tmp_path_factory):
     httpd.shutdown()
 
 
+MAX_IMAGE_BYTES = 1_000_000  # small, so the 413 case needs little traffic
+API_KEY = "integration-test-key"
+
+
 @pytest.fixture(scope="session")
 def gateway_settings(sglang_server):
     # The local media server is on loopback: allow-list it (and only it) past the SSRF guard.
-    return GatewaySettings(backend_url=sglang_server.url, media_url_allowed_hosts=["127.0.0.1"], max_inflight_requests=8)
+    return GatewaySettings(
+        backend_url=sglang_server.url, media_url_allowed_hosts=["127.0.0.1"], max_inflight_requests=8,
+        max_image_bytes=MAX_IMAGE_BYTES,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +60,18 @@ def gateway(gateway_app):
         yield url
 
 
-def _openai(url):
+@pytest.fixture(scope="session")
+def strict_gateway(sglang_server):
+    """A gateway with `VLCACHE_API_KEY` set and `VLCACHE_MAX_INFLIGHT_REQUESTS=1`."""
+    app = create_app(GatewaySettings(backend_url=sglang_server.url, api_key=API_KEY, max_inflight_requests=1, retry_after_s=2))
+    with running_server(app, ready_path="/ready", timeout_s=300) as url:
+        yield url
+
+
+def _openai(url, api_key="unused"):
     from openai import OpenAI
 
-    return OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=180, max_retries=0)
+    return OpenAI(base_url=f"{url}/v1", api_key=api_key, timeout=180, max_retries=0)
 
 
 @pytest.fixture(scope="session")

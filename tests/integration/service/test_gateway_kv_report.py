@@ -1,10 +1,15 @@
-"""The plugin's per-request KV report, as the gateway returns it."""
+"""Through the gateway in front of SGLang with the plugin selected: the per-request KV report, the
+per-layer pool figures, and KV freed when a client disconnects."""
 
 import json
+import re
+import time
 
 import httpx
 import pytest
 
+from tests.fast.service.gateway_media import data_url as media_data_url
+from tests.fast.service.gateway_media import video_bytes
 from tests.integration.conftest import data_url, make_image
 
 MODEL = "tiny-qwen2vl"
@@ -35,7 +40,12 @@ def test_report_is_consistent(vlcache_openai_client, tiny_model_dir, vlcache_gat
     assert sum(kept) == round(0.25 * layers * m)  # renormalised budgets (VLCACHE_SPEC.md section 2)
     assert 0 < report["kv_bytes_kept"] < report["kv_bytes_full"]
     assert report["kv_bytes_kept"] / report["kv_bytes_full"] == pytest.approx(report["realized_budget"], rel=1e-6)
-    assert report["scoring_ms"] >= 0
+    assert report["kv_bytes_kept"] / report["kv_bytes_full"] == pytest.approx(0.25, abs=0.01)  # the requested budget
+    assert report["scoring_ms"] >= 0 and report["reason"] == ""
+    assert report["visual_tokens"] == resp.usage.prompt_tokens_details.model_extra["image_tokens"] == 256
+    assert len(report["freed_slots_per_layer"]) == layers and all(f > 0 for f in report["freed_slots_per_layer"])
+    assert len(report["layer_sparsity"]) == layers
+    assert resp.usage.model_extra["timings"]["decode_ms"] is not None
 
     metrics = httpx.get(f"{vlcache_gateway}/metrics").text
     assert 'vlcache_kv_requests_total{compressed="true",policy="vlcache"}' in metrics
@@ -49,3 +59,49 @@ def test_full_policy_reports_no_saving_and_changes_nothing(vlcache_openai_client
     assert resp.choices[0].message.content == stock  # VLCACHE_SPEC.md section 6
     assert report["realized_budget"] == pytest.approx(1.0)
     assert report["kv_bytes_kept"] == report["kv_bytes_full"]
+
+
+def test_video_request_is_compressed_too(vlcache_openai_client):
+    clip = media_data_url(video_bytes(frames=30, size=(128, 96), fps=10), "video/mp4")  # 6 frames -> 420 tokens
+    resp = vlcache_openai_client.chat.completions.create(
+        model=MODEL, max_tokens=4, temperature=0,
+        messages=[{"role": "user", "content": [{"type": "video_url", "video_url": {"url": clip}},
+                                               {"type": "text", "text": "What happens?"}]}],
+        extra_body={"vl_cache": {"policy": "vlcache", "budget": 0.2}},
+    )  # fmt: skip
+    report = resp.usage.model_extra["kv_cache"]
+    assert report["compressed"] is True and report["visual_tokens"] == resp.usage.prompt_tokens_details.model_extra["video_tokens"]
+    assert report["kv_bytes_kept"] / report["kv_bytes_full"] == pytest.approx(0.2, abs=0.01)
+
+
+def _layer_slots(http) -> list[int]:
+    """The plugin's physical KV slots in use per layer, as the gateway exports them."""
+    text = http.get("/metrics").text
+    found = re.findall(r'^vlcache_kv_pool_layer_used_slots\{layer="(\d+)"\} ([0-9.e+]+)$', text, re.M)
+    return [int(float(v)) for _, v in sorted(found, key=lambda item: int(item[0]))]
+
+
+def test_client_disconnect_mid_stream_frees_the_requests_kv(vlcache_gateway):
+    """The client leaves mid-stream: the gateway aborts the request in SGLang, and every layer's
+    physical KV slots go back to what they were before it (the pool figures of the plugin)."""
+    image = data_url(make_image((448, 448), (200, 200, 40), 2))  # not in the radix tree yet
+    body = {"model": MODEL, "max_tokens": 4000, "temperature": 0, "ignore_eos": True, "stream": True,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
+                                                      {"type": "text", "text": "Describe the image."}]}],
+            "vl_cache": {"policy": "vlcache", "budget": 0.5}}  # fmt: skip
+    with httpx.Client(base_url=vlcache_gateway, timeout=120) as http:
+        before = _layer_slots(http)
+        assert before, "no per-layer pool figures from the plugin"
+        aborted = float(re.search(r"^vlcache_aborted_requests_total (\S+)$", http.get("/metrics").text, re.M).group(1))
+        with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            lines = (line for line in resp.iter_lines() if line)
+            next(lines), next(lines)  # the role chunk, then the first token: prefill done, compressed
+            during = _layer_slots(http)
+            assert all(d > b for d, b in zip(during, before)), (before, during)  # 4000 tokens to go
+        deadline = time.monotonic() + 15
+        while (after := _layer_slots(http)) != before:
+            assert time.monotonic() < deadline, f"KV not freed after the client left: {before} -> {after}"
+            time.sleep(0.1)
+        text = http.get("/metrics").text
+    assert f"vlcache_aborted_requests_total {aborted + 1}" in text

@@ -1,0 +1,1 @@
+"""The gateway's HTTP routes: chat completions, multipart generate, operational routes, and what they share."""
