@@ -158,5 +158,8 @@ def add_pool_figures(result, scheduler, *args, **kwargs):
 
     allocator = scheduler.token_to_kv_pool_allocator
     if isinstance(allocator, LayerwiseTokenAllocator):
-        result.internal_state[REQUEST_KEY] = pool_figures(allocator.get_kvcache(), allocator)
+        figures = pool_figures(allocator.get_kvcache(), allocator)
+        running = getattr(scheduler, "running_batch", None)
+        figures["running_requests"] = len(running.reqs) if running is not None else 0
+        result.internal_state[REQUEST_KEY] = figures
     return result
