@@ -88,7 +88,7 @@ def main() -> None:
             f"{r['kv_bytes_kept']:>13,}{str(r['kept_tokens_per_layer']):>22}{str(r['freed_slots_per_layer']):>24}"
             f"{r['scoring_ms']:>9.1f}{r['e2e_ms']:>8.0f}"
         )
-    print(f"\nratio to full (KV bytes): " + ", ".join(
+    print("\nratio to full (KV bytes): " + ", ".join(
         f"{r['policy']}@{r['budget']}: {full['kv_bytes_full'] / r['kv_bytes_kept']:.1f}x smaller" for r in rows[1:] if r["budget"] == 0.1))  # fmt: skip
     _plot(rows, args.budgets)
 

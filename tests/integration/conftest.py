@@ -1,6 +1,7 @@
 """The integration tier: one real SGLang server (CPU engine, tiny Qwen2-VL, plugin installed) per session."""
 
 import base64
+import contextlib
 import io
 import os
 
@@ -10,6 +11,8 @@ from PIL import Image
 
 from radix_ext.sglang.registration import MARKER_DIR_ENV
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the HF tokenizers in this process and forked ones
 
 
 def pytest_collection_modifyitems(items):
@@ -25,35 +28,27 @@ def plugin_marker_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sglang_server(tiny_model_dir, plugin_marker_dir, tmp_path_factory):
-    """A stock SGLang server (`python -m sglang.launch_server`) on loopback; its log is printed on failure."""
-    log_path = tmp_path_factory.mktemp("sglang") / "server.log"
+    """A stock SGLang server (the plugin installed, not selected) on loopback."""
     config = SGLangServerConfig(
         model_path=str(tiny_model_dir), port=free_port(), max_running_requests=4, kv_compression=False
     )
+    extra_env = {MARKER_DIR_ENV: str(plugin_marker_dir)}
+    with running_sglang(config, tmp_path_factory, "sglang", extra_env) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_sglang(config, tmp_path_factory, name, extra_env=None):
+    """A started, healthy SGLang server logging to a temp file (its tail printed if start-up fails)."""
+    log_path = tmp_path_factory.mktemp(name) / "server.log"
     with open(log_path, "w") as log:
-        server = SGLangServer(config, log=log, extra_env={MARKER_DIR_ENV: str(plugin_marker_dir)})
+        server = SGLangServer(config, log=log, extra_env=extra_env)
         try:
             with server:
                 yield server
         except Exception:
             print(log_path.read_text()[-5000:])
             raise
-
-
-def _server(config, tmp_path_factory, name, extra_env=None):
-    log_path = tmp_path_factory.mktemp(name) / "server.log"
-    log = open(log_path, "w")
-    server = SGLangServer(config, log=log, extra_env=extra_env)
-    try:
-        server.start()
-        server.wait_healthy()
-    except Exception:
-        server.stop()
-        log.close()
-        print(log_path.read_text()[-5000:])
-        raise
-    server.log_path = log_path
-    return server, log
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +59,8 @@ def vlcache_server(tiny_model_dir, tmp_path_factory):
         model_path=str(tiny_model_dir), port=free_port(), max_running_requests=8, max_total_tokens=16384,
         extra_args=["--chunked-prefill-size", "128"],
     )  # fmt: skip
-    server, log = _server(config, tmp_path_factory, "vlcache")
-    yield server
-    server.stop()
-    log.close()
+    with running_sglang(config, tmp_path_factory, "vlcache") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -96,14 +89,3 @@ def data_url(img):
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-@pytest.fixture(scope="session")
-def assert_process_alive(sglang_server):
-    def check():
-        assert sglang_server.process.poll() is None, "the SGLang server died"
-
-    return check
-
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

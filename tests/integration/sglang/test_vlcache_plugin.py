@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from service.sglang_process import SGLangServerConfig, free_port
-from tests.integration.conftest import _server, data_url, make_image
+from tests.integration.conftest import data_url, make_image, running_sglang
 
 IMAGE = make_image((448, 448), (200, 30, 30))
 OTHER_IMAGE = make_image((224, 336), (20, 120, 200), 1)
@@ -193,10 +193,8 @@ def small_pool_server(tiny_model_dir, tmp_path_factory):
         model_path=str(tiny_model_dir), port=free_port(), max_running_requests=8, max_total_tokens=1200,
         extra_args=["--schedule-conservativeness", "0.02"],
     )  # fmt: skip
-    server, log = _server(config, tmp_path_factory, "small-pool")
-    yield server
-    server.stop()
-    log.close()
+    with running_sglang(config, tmp_path_factory, "small-pool") as server:
+        yield server
 
 
 def _peak_running(server, payloads, window_s=8.0):
