@@ -29,6 +29,10 @@ class Policy(ABC):
     min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS
     sparsity_threshold: float = DEFAULT_SPARSITY_THRESHOLD
 
+    def __post_init__(self):
+        require_int(self, "min_prompt_tokens", low=0)
+        require_number(self, "sparsity_threshold", low=0.0, high=1.0, open_low=True, open_high=True)
+
     @abstractmethod
     def query_rows(self, layout: PromptLayout) -> torch.Tensor:
         """Sorted prompt positions whose attention rows `select` needs (may be empty)."""
@@ -62,6 +66,28 @@ class Policy(ABC):
 
     def _selection(self, layout, budget, keep, **figures) -> Selection:
         return Selection(self.name, self.options(), budget, layout.num_tokens, keep, True, **figures)
+
+
+def require_int(policy, name: str, low: int | None = None) -> None:
+    """Options arrive from requests: refuse wrong types and ranges with a ValueError naming them."""
+    value = getattr(policy, name)
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        bound = "" if low is None else f" >= {low}"
+        raise ValueError(f"option {name} of policy {policy.name!r} must be an integer{bound}, got {value!r}")
+
+
+def require_number(policy, name: str, low: float, high: float, open_low=False, open_high=False) -> None:
+    value = getattr(policy, name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+    if not ok:
+        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        raise ValueError(f"option {name} of policy {policy.name!r} must be a number in {interval}, got {value!r}")
+
+
+def require_bool(policy, name: str) -> None:
+    if not isinstance(getattr(policy, name), bool):
+        raise ValueError(f"option {name} of policy {policy.name!r} must be true or false, got {getattr(policy, name)!r}")
 
 
 def check_budget(budget: float) -> None:

@@ -101,7 +101,9 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
                 if rows.numel():
                     with Stopwatch() as watch:
                         q_rows = q_[start_q + rows - prefix].transpose(0, 1)  # [H, r, d]
-                        keys = self.token_to_kv_pool.get_key_buffer(layer.layer_id)[table[i, : lengths[i]]]
+                        # Prompt keys only: a retracted request re-prefills its output tokens too.
+                        n = min(lengths[i], plan.layout.num_tokens)
+                        keys = self.token_to_kv_pool.get_key_buffer(layer.layer_id)[table[i, :n]]
                         stats = attention_stats(
                             q_rows, keys.transpose(0, 1), rows, scale=layer.scaling,
                             sparsity_threshold=plan.policy.sparsity_threshold,

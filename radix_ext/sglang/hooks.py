@@ -37,19 +37,29 @@ def check_server_args(server_args, *args, **kwargs):
         problems.append("--disable-radix-cache (the vlcache tree is the radix cache)")
     if getattr(server_args, "enable_hierarchical_cache", False):
         problems.append("hierarchical KV cache (--enable-hierarchical-cache)")
-    if (getattr(server_args, "tp_size", 1) or 1) > 1 or (getattr(server_args, "dp_size", 1) or 1) > 1:
-        problems.append("tensor/data parallelism (v1 is single-GPU/CPU)")
-    backend = getattr(server_args, "attention_backend", None)
-    if backend not in (None, "torch_native", ATTENTION_BACKEND):
-        problems.append(f"--attention-backend {backend} (use {ATTENTION_BACKEND})")
+    if any((getattr(server_args, name, 1) or 1) > 1 for name in ("tp_size", "dp_size", "pp_size")):
+        problems.append("tensor/data/pipeline parallelism (v1 is single-GPU/CPU)")
+    if (getattr(server_args, "disaggregation_mode", "null") or "null") != "null":
+        problems.append("prefill/decode disaggregation (KV transfer would ship logical slot ids)")
+    if getattr(server_args, "enable_torch_compile", False):
+        problems.append("--enable-torch-compile")
+    if (getattr(server_args, "kv_canary", "none") or "none") != "none":
+        problems.append("--kv-canary (it reads KV by logical slot)")
+    for flag in ("attention_backend", "prefill_attention_backend", "decode_attention_backend"):
+        backend = getattr(server_args, flag, None)
+        if backend not in (None, "torch_native", ATTENTION_BACKEND):
+            problems.append(f"--{flag.replace('_', '-')} {backend} (use {ATTENTION_BACKEND})")
     if problems:
         raise ValueError(f"--radix-cache-backend {RADIX_CACHE_BACKEND} cannot run with: " + "; ".join(problems))
     server_args.attention_backend = ATTENTION_BACKEND
+    server_args.prefill_attention_backend = server_args.decode_attention_backend = None
+    server_args.enable_mixed_chunk = False  # a mixed batch would run compressed decodes as an extend
     server_args.disable_overlap_schedule = True
     server_args.cuda_graph_backend_decode = "disabled"
     server_args.cuda_graph_backend_prefill = "disabled"
     logger.warning(
-        "vlcache: per-request KV compression on (attention backend %s); overlap scheduling and CUDA graphs are off",
+        "vlcache: per-request KV compression on (attention backend %s); overlap scheduling, mixed chunks "
+        "and CUDA graphs are off",
         ATTENTION_BACKEND,
     )
     return None
@@ -103,8 +113,12 @@ def plan_request(scheduler, req, *args, **kwargs):
     pool = scheduler.token_to_kv_pool_allocator.get_kvcache()
     try:
         plan = make_plan(req, VLCacheDefaults.from_env())
-    except ValueError as error:
+    except (ValueError, TypeError) as error:  # options come from clients: never let them reach the forward
         req.set_finish_with_abort(f"invalid {REQUEST_KEY} options: {error}")
+        return None
+    if plan.will_compress and (getattr(req.sampling_params, "beam_width", None) or 1) > 1:
+        # Beam members share the leader's prompt row without a view of their own.
+        req.set_finish_with_abort(f"{REQUEST_KEY} compression does not support beam search; use policy 'full'")
         return None
     pool.plans[req.rid] = plan
     # A compressed request's KV is not the KV of its token key: it must never enter the tree.
@@ -118,6 +132,8 @@ def plan_request(scheduler, req, *args, **kwargs):
 def compress_after_prefill(original, self, batch, result, *args, **kwargs):
     """Compress every planned request whose last prefill chunk just ran, before SGLang commits the
     batch's results (so the report is there for the first streamed output)."""
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
     from radix_ext.sglang.compressor import compress_request
     from radix_ext.sglang.layerwise_allocator import LayerwiseTokenAllocator
 
@@ -131,9 +147,14 @@ def compress_after_prefill(original, self, batch, result, *args, **kwargs):
                 continue
             if getattr(req, "is_retracted", False):
                 continue
-            report = compress_request(req, plan, pool, allocator, req_to_token)
-            req.customized_info = {**(req.customized_info or {}), REQUEST_KEY: [report]}
             pool.plans.pop(req.rid, None)  # done: later forwards of this request need no scoring
+            try:
+                report = compress_request(req, plan, pool, allocator, req_to_token)
+            except Exception as error:  # fail this request, keep the server: it never enters the tree
+                logger.exception("vlcache: compression failed for request %s", req.rid)
+                req.to_finish = FINISH_ABORT(f"{REQUEST_KEY} compression failed: {error}", 500, "InternalServerError")
+                continue
+            req.customized_info = {**(req.customized_info or {}), REQUEST_KEY: [report]}
     return original(self, batch, result, *args, **kwargs)
 
 
@@ -162,4 +183,17 @@ def add_pool_figures(result, scheduler, *args, **kwargs):
         running = getattr(scheduler, "running_batch", None)
         figures["running_requests"] = len(running.reqs) if running is not None else 0
         result.internal_state[REQUEST_KEY] = figures
+    return result
+
+
+# --- requests dropped before they hold KV: Scheduler._release_aborted_request (AFTER) ------------------------
+
+
+def forget_aborted_plan(result, scheduler, req, *args, **kwargs):
+    """Aborts of waiting requests never reach the tree's `on_release`: drop their plan here."""
+    from radix_ext.sglang.layerwise_allocator import LayerwiseTokenAllocator
+
+    allocator = scheduler.token_to_kv_pool_allocator
+    if isinstance(allocator, LayerwiseTokenAllocator):
+        allocator.get_kvcache().plans.pop(req.rid, None)
     return result

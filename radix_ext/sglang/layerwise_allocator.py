@@ -24,8 +24,13 @@ class LayerwiseTokenAllocator(TokenToKVPoolAllocator):
         kvcache.slot_table = self.slot_table
 
     def clear(self):
+        """`flush_cache` (server idle): every slot free, no view or plan left behind."""
         super().clear()
         self.slot_table.clear()
+        pool = self.get_kvcache()
+        if isinstance(pool, LayerwiseKVPool) and hasattr(pool, "views"):
+            pool.views.clear()
+            pool.plans.clear()
 
     def logical_available_size(self) -> int:
         return super().available_size()

@@ -78,9 +78,22 @@ def _create_radix_cache(ctx):
     if refused:
         raise ValueError(f"--radix-cache-backend vlcache does not support: {', '.join(refused)}")
     verify_hooks_applied()
+    _check_defaults()
     if not isinstance(ctx.params.token_to_kv_pool_allocator, LayerwiseTokenAllocator):
         raise ValueError("--radix-cache-backend vlcache needs the layer-wise KV allocator; this model/setup is not supported")
     return VLCacheRadixCache(ctx.params)
+
+
+def _check_defaults() -> None:
+    """A bad server-wide default fails the start, not every request."""
+    from radix_ext.policy import check_budget, get_policy
+    from radix_ext.sglang.config import VLCacheDefaults
+
+    defaults = VLCacheDefaults.from_env()
+    get_policy(defaults.policy, **defaults.options)
+    check_budget(defaults.budget)
+    if defaults.logical_slots_factor < 1:
+        raise ValueError(f"VLCACHE_LOGICAL_SLOTS_FACTOR must be >= 1, got {defaults.logical_slots_factor}")
 
 
 def _create_attention_backend(model_runner):
@@ -125,6 +138,7 @@ HOOKS = (
     ),
     ("sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class", "output_streamer_class", "REPLACE"),
     ("sglang.srt.managers.scheduler.Scheduler.get_internal_state", "add_pool_figures", "AFTER"),
+    ("sglang.srt.managers.scheduler.Scheduler._release_aborted_request", "forget_aborted_plan", "AFTER"),
 )
 
 

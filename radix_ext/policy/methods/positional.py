@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from radix_ext.policy.base import Policy, register_policy
+from radix_ext.policy.base import Policy, register_policy, require_int
 from radix_ext.policy.budgets import uniform_counts
 from radix_ext.policy.layout import PromptLayout
 from radix_ext.policy.methods.scored import ScoredPolicy
@@ -41,6 +41,10 @@ class StreamingLLM(Policy):
     name = "streamingllm"
     sinks: int = 4
 
+    def __post_init__(self):
+        super().__post_init__()
+        require_int(self, "sinks", low=0)
+
     def query_rows(self, layout: PromptLayout) -> torch.Tensor:
         return _NO_ROWS
 
@@ -57,6 +61,10 @@ class RandomSubset(ScoredPolicy):
 
     name = "random"
     seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_int(self, "seed")
 
     def query_rows(self, layout: PromptLayout) -> torch.Tensor:
         return _NO_ROWS

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from radix_ext.policy.base import Policy
+from radix_ext.policy.base import Policy, require_bool, require_number
 from radix_ext.policy.budgets import sparsity_counts, sparsity_fractions, uniform_counts
 from radix_ext.policy.layout import PromptLayout
 from radix_ext.policy.selection import RECENT_WINDOW_FRACTION, Selection, keep_top_with_window, recent_window
@@ -22,6 +22,10 @@ class ScoredPolicy(Policy):
     """
 
     window_fraction: float = RECENT_WINDOW_FRACTION
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_number(self, "window_fraction", 0.0, 1.0)
 
     def token_scores(self, stats: LayerStats, layer: int) -> torch.Tensor:
         """`[m]` scores of one layer; the default is the attention received, summed over heads."""
@@ -44,6 +48,10 @@ class SparsityBudgetMixin:
     """Sparsity-aware layer budgets (spec section 2); the stats must carry per-head sparsity."""
 
     renormalize: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_bool(self, "renormalize")
 
     def layer_counts(self, stats, layout, budget):
         return sparsity_counts(_layer_sparsity(stats, self.name), budget, layout.num_tokens, self.renormalize)

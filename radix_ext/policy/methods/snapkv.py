@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from radix_ext.policy.base import register_policy
+from radix_ext.policy.base import register_policy, require_int
 from radix_ext.policy.budgets import pyramid_counts
 from radix_ext.policy.layout import PromptLayout
 from radix_ext.policy.methods.scored import ScoredPolicy
@@ -20,6 +20,13 @@ class SnapKV(ScoredPolicy):
     name = "snapkv"
     observation_window: int = 32
     pool_kernel: int = 5
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_int(self, "observation_window", low=1)
+        require_int(self, "pool_kernel", low=1)
+        if self.pool_kernel % 2 == 0:
+            raise ValueError(f"option pool_kernel of policy {self.name!r} must be odd, got {self.pool_kernel}")
 
     def query_rows(self, layout: PromptLayout) -> torch.Tensor:
         return layout.last_rows(self.observation_window)
@@ -37,6 +44,10 @@ class PyramidKV(SnapKV):
 
     name = "pyramidkv"
     pyramid_beta: int = 20
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_int(self, "pyramid_beta", low=1)
 
     def layer_counts(self, stats, layout, budget):
         return pyramid_counts(len(stats), budget, layout.num_tokens, self.window_fraction, self.pyramid_beta)

@@ -246,6 +246,40 @@ def test_compression_admits_more_concurrent_requests_into_a_small_pool(small_poo
     assert compressed > full
 
 
+# --- retraction ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def retracting_server(tiny_model_dir, tmp_path_factory):
+    """SGLang's own test switch retracts running requests every few decode steps: a retracted request
+    is prefilled again (prompt and outputs so far) and compressed again."""
+    config = SGLangServerConfig(model_path=str(tiny_model_dir), port=free_port(), max_running_requests=4)
+    env = {"SGLANG_TEST_RETRACT": "1", "SGLANG_TEST_RETRACT_INTERVAL": "5"}
+    with running_sglang(config, tmp_path_factory, "retract", env) as server:
+        yield server
+
+
+def test_retracted_requests_are_compressed_again_and_release_everything(retracting_server, processor):
+    prompt = chat_prompt(processor, ["image"])
+    images = [make_image((448, 448), (30 * i, 90, 200 - 20 * i), i) for i in range(4)]
+
+    def run(img):
+        with httpx.Client(base_url=retracting_server.url, timeout=120) as c:
+            return generate(c, body(prompt, [img], {"policy": "vlcache", "budget": 0.1}, 24, ignore_eos=True))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(run, images))
+    assert all(len(r["output_ids"]) == 24 and report_of(r)["compressed"] for r in results)
+    assert sum(r["meta_info"]["num_retractions"] for r in results) > 0
+    with httpx.Client(base_url=retracting_server.url, timeout=30) as c:
+        deadline = time.monotonic() + 60
+        while c.post("/flush_cache").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        state = pool_state(c)
+    assert state["logical_slots_used"] == 0 and not any(state["physical_slots_used_per_layer"])
+
+
 # --- bad options ---------------------------------------------------------------------------------------
 
 
@@ -257,6 +291,9 @@ def test_compression_admits_more_concurrent_requests_into_a_small_pool(small_poo
         ({"policy": "vlcache", "budget": 1.5}, "budget must be a number in (0, 1]"),
         ({"policy": "vlcache", "budget": "half"}, "budget must be a number in (0, 1]"),
         ({"policy": "vlcache", "window": 3}, "unknown option(s) ['window']"),
+        ({"policy": "vlcache", "min_prompt_tokens": "abc"}, "min_prompt_tokens"),
+        ({"policy": "vlcache", "sparsity_threshold": 0}, "sparsity_threshold"),
+        ({"policy": "snapkv", "pool_kernel": 4}, "pool_kernel"),
         ("vlcache", "must be an object"),
     ],
 )
