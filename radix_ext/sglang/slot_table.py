@@ -22,7 +22,8 @@ class LayerSlotTable:
     def __init__(self, num_layers: int, physical_size: int, logical_size: int, device="cpu"):
         self.num_layers, self.physical_size, self.logical_size = num_layers, physical_size, logical_size
         self.device = torch.device(device)
-        self.phys = torch.zeros((num_layers, logical_size + 1), dtype=torch.int64, device=self.device)
+        # int32: the map has L x (logical + 1) entries, 4x the physical slots by default; halve it.
+        self.phys = torch.zeros((num_layers, logical_size + 1), dtype=torch.int32, device=self.device)
         self.clear()
 
     def clear(self) -> None:
@@ -44,12 +45,12 @@ class LayerSlotTable:
         if n > self.min_free():
             raise RuntimeError(f"LayerSlotTable: {n} physical slots requested, {self.min_free()} free in the fullest layer")
         for layer in range(self.num_layers):
-            self.phys[layer, logical] = self.free[layer][:n]
+            self.phys[layer, logical] = self.free[layer][:n].to(torch.int32)
             self.free[layer] = self.free[layer][n:]
 
     def release_layer(self, layer: int, logical: torch.Tensor) -> int:
         """Free layer `layer`'s physical slots of `logical` (those still held); returns how many."""
-        held = self.phys[layer, logical]
+        held = self.phys[layer, logical].to(torch.int64)
         held = held[held != 0]
         if held.numel():
             self.free[layer] = torch.cat((self.free[layer], held))
@@ -61,4 +62,4 @@ class LayerSlotTable:
             self.release_layer(layer, logical)
 
     def physical(self, layer: int, logical: torch.Tensor) -> torch.Tensor:
-        return self.phys[layer, logical.to(torch.int64)]
+        return self.phys[layer, logical.to(torch.int64)].to(torch.int64)
