@@ -31,7 +31,6 @@ def compress_request(req, plan: CompressionPlan, pool: LayerwiseKVPool, allocato
             evict[:owned_from] = False
             freed[layer] = allocator.evict_layer_slots(layer, logical[evict])
         pool.views[row] = RequestView(prompt_len=m, kept=selection.keep)
-    plan.parts = []  # the column sums are no longer needed
     token_bytes = pool.token_bytes_per_layer()
     report = {
         "policy": selection.policy,

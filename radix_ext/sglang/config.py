@@ -8,6 +8,7 @@ A request overrides policy, budget and options with `custom_params: {"vl_cache":
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,3 +36,9 @@ class VLCacheDefaults:
             options=options,
             logical_slots_factor=int(environ.get("VLCACHE_LOGICAL_SLOTS_FACTOR", cls.logical_slots_factor)),
         )
+
+
+@functools.cache
+def server_defaults() -> VLCacheDefaults:
+    """Read once per process: the environment does not change under a running server."""
+    return VLCacheDefaults.from_env()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from radix_ext.sglang.config import ATTENTION_BACKEND, RADIX_CACHE_BACKEND, REQUEST_KEY, VLCacheDefaults
+from radix_ext.sglang.config import ATTENTION_BACKEND, RADIX_CACHE_BACKEND, REQUEST_KEY, server_defaults
 
 logger = logging.getLogger("radix_ext.sglang")
 
@@ -96,7 +96,7 @@ def build_token_to_kv_pool_allocator(original, self, *args, **kwargs):
             f"(got {type(stock).__name__} over {type(pool).__name__}: MLA, hybrid or paged setups are refused)"
         )
     physical = stock.size
-    factor = VLCacheDefaults.from_env().logical_slots_factor
+    factor = server_defaults().logical_slots_factor
     return LayerwiseTokenAllocator(physical, physical * factor, stock.dtype, stock.device, pool, stock.need_sort)
 
 
@@ -112,7 +112,7 @@ def plan_request(scheduler, req, *args, **kwargs):
         return None
     pool = scheduler.token_to_kv_pool_allocator.get_kvcache()
     try:
-        plan = make_plan(req, VLCacheDefaults.from_env())
+        plan = make_plan(req, server_defaults())
     except (ValueError, TypeError) as error:  # options come from clients: never let them reach the forward
         req.set_finish_with_abort(f"invalid {REQUEST_KEY} options: {error}")
         return None

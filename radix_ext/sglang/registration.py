@@ -87,9 +87,9 @@ def _create_radix_cache(ctx):
 def _check_defaults() -> None:
     """A bad server-wide default fails the start, not every request."""
     from radix_ext.policy import check_budget, get_policy
-    from radix_ext.sglang.config import VLCacheDefaults
+    from radix_ext.sglang.config import server_defaults
 
-    defaults = VLCacheDefaults.from_env()
+    defaults = server_defaults()
     get_policy(defaults.policy, **defaults.options)
     check_budget(defaults.budget)
     if defaults.logical_slots_factor < 1:

@@ -59,6 +59,14 @@ def pool_state(client):
     return client.get("/get_server_info").json()["internal_states"][0]["vl_cache"]
 
 
+def flush_when_idle(client, timeout_s=60):
+    """`/flush_cache` is refused while requests still run (aborted ones finish a step later): retry."""
+    deadline = time.monotonic() + timeout_s
+    while client.post("/flush_cache").status_code != 200:
+        assert time.monotonic() < deadline, "the server never went idle"
+        time.sleep(0.2)
+
+
 def mp4_data_url(frames=8, size=112):
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
@@ -170,10 +178,7 @@ def test_burst_of_mixed_requests_then_flush_frees_every_slot(vlcache_client, vlc
         outcomes = list(pool.map(run, jobs))
     assert outcomes.count("aborted") == 13 and True in outcomes and False in outcomes
 
-    deadline = time.monotonic() + 60
-    while vlcache_client.post("/flush_cache").status_code != 200:  # refused while requests still run
-        assert time.monotonic() < deadline, "the server never went idle after the burst"
-        time.sleep(0.5)
+    flush_when_idle(vlcache_client)
     state = pool_state(vlcache_client)
     assert state["logical_slots_used"] == 0
     assert state["physical_slots_used_per_layer"] == [0] * len(state["physical_slots_used_per_layer"])
@@ -272,10 +277,7 @@ def test_retracted_requests_are_compressed_again_and_release_everything(retracti
     assert all(len(r["output_ids"]) == 24 and report_of(r)["compressed"] for r in results)
     assert sum(r["meta_info"]["num_retractions"] for r in results) > 0
     with httpx.Client(base_url=retracting_server.url, timeout=30) as c:
-        deadline = time.monotonic() + 60
-        while c.post("/flush_cache").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        flush_when_idle(c)
         state = pool_state(c)
     assert state["logical_slots_used"] == 0 and not any(state["physical_slots_used_per_layer"])
 
