@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from radix_ext.models.tiny_qwen2vl import ensure_tiny_qwen2vl
+from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model = settings.model
     if model is None:
-        from radix_ext.models.tiny_qwen2vl import ensure_tiny_qwen2vl
+        from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
 
         model = str(ensure_tiny_qwen2vl())
     config = SGLangServerConfig(

@@ -5,6 +5,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model_dir():
-    from radix_ext.models.tiny_qwen2vl import ensure_tiny_qwen2vl
+    from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
 
     return ensure_tiny_qwen2vl()

@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from radix_ext.models.tiny_qwen2vl import SPECIAL_TOKENS, TinyQwen2VLSpec, build_tiny_qwen2vl
+from vlmodels.tiny_qwen2vl import SPECIAL_TOKENS, TinyQwen2VLSpec, build_tiny_qwen2vl
 
 
 def _digests(folder):
