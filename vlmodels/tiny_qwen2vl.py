@@ -94,7 +94,7 @@ class TinyQwen2VLSpec:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("VLCACHE_CACHE_DIR") or Path(__file__).resolve().parents[2] / ".cache"
+    root = os.environ.get("VLCACHE_CACHE_DIR") or Path(__file__).resolve().parents[1] / ".cache"
     return Path(root) / "models" / "tiny-qwen2vl"
 
 
