@@ -1,19 +1,35 @@
 """`VLCacheTorchNativeBackend`: SGLang's torch_native attention reading per-layer, per-request views.
 
-For each layer it builds a small table of *physical* slot ids per request (logical `req_to_token`
-rows translated through the slot table, compressed requests reduced to their kept tokens in that
-layer) and hands it to the stock SDPA loops, so uncompressed requests compute exactly as stock.
-During prefill it also scores the rows each request's policy asks for (`radix_ext.policy.attention_stats`).
+Decode (the step VL-Cache makes cheaper): each request's physical slot ids per layer come from
+`ReadTables` (built once, one column appended per step for all layers), and attention gathers exactly
+those K/V rows with one `index_select` per layer and request: one copy of the kept KV, no per-layer
+translation, concatenation or padded table. Extend (prefill): per-layer physical tables handed to the stock SDPA loop, so
+uncompressed requests compute exactly as stock; the rows each request's policy scores are scored
+there (`radix_ext.policy.attention_stats`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+from torch.nn.functional import scaled_dot_product_attention
 
 from radix_ext.policy import attention_stats
 from radix_ext.sglang.layerwise_pool import LayerwiseKVPool
+from radix_ext.sglang.read_tables import ReadTables, RequestTable
 from radix_ext.sglang.request_plan import Stopwatch
+
+
+@dataclass
+class ExtendBatch:
+    """Per-forward state of an extend batch: logical rows, compressed views, compression plans."""
+
+    seq_lens: list[int]
+    logical: list[torch.Tensor]
+    views: list
+    plans: list
 
 
 class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
@@ -24,30 +40,35 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
                 "attention backend 'vlcache_torch_native' needs the vlcache KV pool: "
                 "start SGLang with --radix-cache-backend vlcache"
             )
-        self._batch = None
+        self.read_tables = ReadTables(self.token_to_kv_pool.slot_table, self.req_to_token_pool.req_to_token)
+        self._extend: ExtendBatch | None = None
+        self._decode: list[RequestTable] = []
 
     def init_forward_metadata(self, forward_batch):
         super().init_forward_metadata(forward_batch)
         pool = self.token_to_kv_pool
         rows = forward_batch.req_pool_indices.tolist()
-        seq_lens = forward_batch.seq_lens_cpu.tolist() if forward_batch.seq_lens_cpu is not None else forward_batch.seq_lens.tolist()
-        self._batch = {
-            "rows": rows,
-            "seq_lens": seq_lens,
-            "logical": [self.req_to_token_pool.req_to_token[row, :n].to(torch.int64) for row, n in zip(rows, seq_lens)],
-            "views": [pool.views.get(row) for row in rows],
-            "plans": [pool.plans.get(rid) for rid in (forward_batch.rids or [None] * len(rows))],
-        }
+        seq_lens = (forward_batch.seq_lens_cpu if forward_batch.seq_lens_cpu is not None else forward_batch.seq_lens).tolist()
+        rids = forward_batch.rids or [None] * len(rows)
+        if forward_batch.forward_mode.is_decode():
+            self._extend = None
+            self._decode = [
+                self.read_tables.for_decode(rid, row, n, pool.views.get(row)) for rid, row, n in zip(rids, rows, seq_lens)
+            ]
+            return
+        # Every occupant of a row starts with an extend: the previous occupant's read table is stale.
+        self.read_tables.forget_rows(rows)
+        self._decode = []
+        self._extend = ExtendBatch(
+            seq_lens=seq_lens,
+            logical=[self.req_to_token_pool.req_to_token[row, :n].to(torch.int64) for row, n in zip(rows, seq_lens)],
+            views=[pool.views.get(row) for row in rows],
+            plans=[pool.plans.get(rid) for rid in rids],
+        )
 
-    def _layer_table(self, layer_id: int):
-        """`[bs, max_len]` physical ids of what each request reads in this layer, and their lengths."""
-        pool = self.token_to_kv_pool
-        per_req = []
-        for logical, view in zip(self._batch["logical"], self._batch["views"]):
-            if view is not None:
-                kept = view.kept[layer_id - pool.start_layer]
-                logical = torch.cat((logical[kept], logical[view.prompt_len :]))
-            per_req.append(pool.physical_indices(layer_id, logical))
+    def _extend_table(self, layer_id: int):
+        """`[bs, max_len]` physical ids each request of the extend batch reads in this layer, and their lengths."""
+        per_req = [self.token_to_kv_pool.physical_indices(layer_id, logical) for logical in self._extend.logical]
         lengths = [t.numel() for t in per_req]
         table = torch.zeros((len(per_req), max(lengths, default=0)), dtype=torch.int64, device=self.device)
         for i, t in enumerate(per_req):
@@ -57,9 +78,9 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True):
         if save_kv_cache and k is not None and v is not None:
             self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
-        table, lengths = self._layer_table(layer.layer_id)
-        if any(view is not None for view in self._batch["views"]):
+        if any(view is not None for view in self._extend.views):
             raise RuntimeError("an extend reached a compressed request: compressed requests only decode")
+        table, lengths = self._extend_table(layer.layer_id)
         q_ = q.view(-1, layer.tp_q_head_num, layer.qk_head_dim)
         o = q.new_empty((q.shape[0], layer.tp_q_head_num * layer.v_head_dim))
         self._run_sdpa_forward_extend(
@@ -74,19 +95,27 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
         return o
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):
-        q = q.reshape(-1, layer.tp_q_head_num * layer.qk_head_dim)
         if save_kv_cache and k is not None and v is not None:
             self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
-        table, lengths = self._layer_table(layer.layer_id)
-        o = q.new_empty((q.shape[0], layer.tp_q_head_num * layer.v_head_dim))
-        self._run_sdpa_forward_decode(
-            q.view(-1, layer.tp_q_head_num, layer.qk_head_dim), o.view(-1, layer.tp_q_head_num, layer.v_head_dim),
-            self.token_to_kv_pool.get_key_buffer(layer.layer_id),
-            self.token_to_kv_pool.get_value_buffer(layer.layer_id),
-            table, torch.arange(len(lengths)), torch.tensor(lengths), None,
-            scaling=layer.scaling, enable_gqa=layer.tp_q_head_num != layer.tp_k_head_num, causal=False,
-        )  # fmt: skip
-        return o
+        layer_idx = layer.layer_id - self.token_to_kv_pool.start_layer
+        k_buffer = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
+        v_buffer = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
+        q = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
+        o = q.new_empty((q.shape[0], layer.tp_q_head_num, layer.v_head_dim))
+        gqa = layer.tp_q_head_num != layer.tp_k_head_num
+        for i, table in enumerate(self._decode):
+            slots = table.layer(layer_idx)
+            # One gather of the rows this layer reads; [n, Hkv, d] -> [Hkv, n, d] is a view for SDPA.
+            keys = torch.index_select(k_buffer, 0, slots).movedim(0, 1)
+            values = torch.index_select(v_buffer, 0, slots).movedim(0, 1)
+            if keys.dtype != q.dtype:
+                keys, values = keys.to(q.dtype), values.to(q.dtype)
+            out = scaled_dot_product_attention(
+                q[i].unsqueeze(1).unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0),
+                scale=layer.scaling, enable_gqa=gqa,
+            )  # fmt: skip
+            o[i] = out[0, :, 0]
+        return o.view(q.shape[0], -1)
 
     def _score_rows(self, q_, layer, forward_batch, table, lengths) -> None:
         """Attention statistics of the planned rows that fall in this chunk, against all keys so far."""
@@ -94,7 +123,7 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
         extend_lens = forward_batch.extend_seq_lens_cpu
         start_q = 0
         layer_idx = layer.layer_id - self.token_to_kv_pool.start_layer
-        for i, plan in enumerate(self._batch["plans"]):
+        for i, plan in enumerate(self._extend.plans):
             prefix, extend = int(prefix_lens[i]), int(extend_lens[i])
             if plan is not None and plan.rows.numel():
                 rows = plan.rows[(plan.rows >= prefix) & (plan.rows < prefix + extend)]

@@ -1,0 +1,59 @@
+"""Each benchmark runs end to end on a tiny setting, against the session's stock and plugin servers.
+
+Nothing here times anything: the verdicts are exit codes and the structure and byte figures of what the
+scripts wrote (the speed figures of a smoke run on a shared CI machine mean nothing).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _run(module, args, results_dir, timeout=300):
+    env = {**os.environ, "VLCACHE_BENCH_RESULTS": str(results_dir)}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture()
+def attach(sglang_server, vlcache_server, tiny_model_dir):
+    return ["--stock-url", sglang_server.url, "--plugin-url", vlcache_server.url, "--model", str(tiny_model_dir)]
+
+
+def test_decode_benchmark_smoke(attach, tmp_path):
+    args = ["--lengths", "300", "--batches", "1", "2", "--budgets", "1.0", "0.1", "--baselines", "streamingllm",
+            "--max-new-tokens", "6", "--name", "smoke"]  # fmt: skip
+    proc = _run("bench.decode", attach + args, tmp_path)
+    rows = json.loads((tmp_path / "smoke.json").read_text())["rows"]
+    assert (tmp_path / "smoke.png").stat().st_size > 0 and "speedup" in proc.stdout
+    assert {(r["batch"], r["policy"], r["budget"]) for r in rows} == {
+        (1, "vlcache", 1.0), (1, "vlcache", 0.1), (1, "streamingllm", 0.1), (2, "vlcache", 1.0), (2, "vlcache", 0.1)}  # fmt: skip
+    for r in rows:
+        assert r["output_tokens"] == [6] * r["batch"]
+        kept = r["kept_fraction_per_request"]
+        if r["budget"] == 1.0:
+            assert kept == [1.0] * r["batch"] and r["kv_bytes_plugin"] == r["kv_bytes_stock"]
+        else:  # renormalised budgets: the kept KV is the budget to within rounding
+            assert all(abs(k - 0.1) < 0.01 for k in kept), kept
+            assert r["byte_bound"] > 1.0
+
+
+def test_overhead_benchmark_smoke(attach, tmp_path):
+    _run("bench.overhead", attach + ["--lengths", "300", "--repeats", "1", "--name", "smoke"], tmp_path)
+    (row,) = json.loads((tmp_path / "smoke.json").read_text())["rows"]
+    assert set(row["median_ttft_s"]) == {"stock", "full", "vlcache"} and row["scoring_s"][0] > 0
+
+
+def test_throughput_benchmark_smoke(attach, tmp_path):
+    args = ["--requests", "4", "--rate", "8", "--max-new-tokens", "4", "--image-side", "224", "--name", "smoke"]
+    proc = _run("bench.throughput", attach + args, tmp_path)
+    payload = json.loads((tmp_path / "smoke.json").read_text())
+    assert [r["side"] for r in payload["rows"]] == ["stock", "vlcache"]
+    assert all(r["completed"] == 4 and r["failed"] == 0 for r in payload["rows"]), proc.stdout[-2000:]
