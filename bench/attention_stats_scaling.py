@@ -11,6 +11,7 @@ one never holds more than `[H, row_chunk, key_chunk]`. Prints a table and the ra
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from pathlib import Path
@@ -48,7 +49,9 @@ def measure(fn, device):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cuda = torch.cuda.is_available()
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536, 131072] if cuda else [2048, 8192])
+    parser.add_argument(
+        "--lengths", type=int, nargs="+", default=[4096, 16384, 65536, 131072] if cuda else [2048, 8192]
+    )
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--dense-limit", type=int, default=65536, help="skip the dense reference above this length")
     args = parser.parse_args()
@@ -63,14 +66,16 @@ def main() -> None:
         k = torch.randn(HKV, m, D, device=device, generator=g, dtype=torch.bfloat16)
         rows = torch.arange(m - args.rows, m, device=device)
         attention_stats(q, k, rows)  # warm-up (kernels, allocator)
-        chunked_ms, chunked_mb = measure(lambda: attention_stats(q, k, rows), device)
+        chunked_ms, chunked_mb = measure(functools.partial(attention_stats, q, k, rows), device)
         dense_ms = dense_mb = float("nan")
         if m <= args.dense_limit:
-            dense_ms, dense_mb = measure(lambda: dense_stats(q, k, rows), device)
+            dense_ms, dense_mb = measure(functools.partial(dense_stats, q, k, rows), device)
         table.append((m, chunked_ms, chunked_mb, dense_ms, dense_mb))
         print(f"[bench] m={m}: chunked {chunked_ms:.1f} ms", flush=True)
 
-    print(f"\n{'prompt m':>9}{'chunked ms':>12}{'chunked MiB':>13}{'dense ms':>10}{'dense MiB':>11}{'mem ratio':>11}{'time ratio':>12}")
+    columns = [("prompt m", 9), ("chunked ms", 12), ("chunked MiB", 13), ("dense ms", 10), ("dense MiB", 11),
+               ("mem ratio", 11), ("time ratio", 12)]  # fmt: skip
+    print("\n" + "".join(f"{title:>{width}}" for title, width in columns))
     for m, cms, cmb, dms, dmb in table:
         print(f"{m:>9}{cms:>12.1f}{cmb:>13.1f}{dms:>10.1f}{dmb:>11.1f}{dmb / cmb:>11.1f}{dms / cms:>12.2f}")
     _plot(table, name)
@@ -87,7 +92,7 @@ def _plot(table, name) -> None:
     fig, axes = plt.subplots(1, 2 if with_memory else 1, figsize=(10 if with_memory else 5, 4), squeeze=False)
     lengths = [row[0] for row in table]
     panels = [(1, 3, "ms per layer", "time")] + ([(2, 4, "peak extra MiB", "memory")] if with_memory else [])
-    for ax, (chunked, dense, ylabel, title) in zip(axes[0], panels):
+    for ax, (chunked, dense, ylabel, title) in zip(axes[0], panels, strict=True):
         ax.plot(lengths, [row[chunked] for row in table], marker="o", label="chunked")
         ax.plot(lengths, [row[dense] for row in table], marker="s", label="dense")
         ax.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel=ylabel, title=title)

@@ -21,7 +21,7 @@ from bench.harness import (
     RESULTS, add_attach_args, Servers, bench_server_config, decode_step_s, flush, generate_body, images_for, noise_image, progress,
     prompt_text, run_batch, write_json,
 )  # fmt: skip
-from vlmodels.bench_qwen2vl import BENCH_SPEC, ensure_bench_qwen2vl, kv_bytes_per_token, weight_bytes
+from vlmodels.bench_qwen2vl import decode_bytes, ensure_bench_qwen2vl
 
 CORE = [("vlcache", 1.0), ("vlcache", 0.1)]  # what the batch > 1 and longest rows run (unless --full-grid)
 
@@ -51,7 +51,7 @@ def main(argv=None) -> None:
 
     model = args.model or ensure_bench_qwen2vl()
     processor = AutoProcessor.from_pretrained(model)
-    w_bytes, token_bytes = weight_bytes(BENCH_SPEC), kv_bytes_per_token(BENCH_SPEC)
+    w_bytes, token_bytes = decode_bytes(model)
     capacity = max(b * (n + args.max_new_tokens + 256) for n in args.lengths for b in args.batches)
     plan = [(n, b, s) for n in args.lengths for b in args.batches for s in settings(args, n, b)]
     progress(f"{len(plan)} pairs (stock, plugin) to run; KV pool {capacity} tokens per server")
@@ -112,7 +112,7 @@ def summarise(length, batch, policy, budget, measured, w_bytes, token_bytes) -> 
 def print_table(rows, w_bytes, token_bytes) -> None:
     print(f"\nbenchmark model: {w_bytes / 1e6:.1f} MB of LM weights, {token_bytes / 1024:.0f} KiB of KV per token (fp32)\n")
     head = (f"{'prompt':>7}{'bs':>3} {'setting':<16}{'prefill s':>10}{'/stock':>7}{'step ms':>9}{'stock':>8}{'speedup':>8}"
-            f"{'bound':>7}{'of bnd':>7}{'e2e s':>7}{'e2e x':>7}{'KV MB':>8}{'stock':>8}{'kept/full':>10}")  # fmt: skip
+            f"{'bound':>7}{'of bnd':>7}{'e2e s':>7}{'e2e x':>7}{'KV MB':>8}{'stock':>8}  {'kept/full (min-max)'}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -122,7 +122,7 @@ def print_table(rows, w_bytes, token_bytes) -> None:
             f"{r['plugin_prefill_ms'] / 1000:>10.2f}{r['plugin_prefill_ms'] / r['stock_prefill_ms']:>7.2f}"
             f"{r['plugin_step_ms']:>9.1f}{r['stock_step_ms']:>8.1f}{r['decode_speedup']:>7.2f}x{r['byte_bound']:>6.2f}x"
             f"{r['fraction_of_bound']:>7.2f}{r['plugin_e2e_ms'] / 1000:>7.1f}{r['e2e_speedup']:>6.2f}x"
-            f"{r['kv_bytes_plugin'] / 1e6:>8.1f}{r['kv_bytes_stock'] / 1e6:>8.1f}{min(kept):>5.3f}-{max(kept):<4.3f}"
+            f"{r['kv_bytes_plugin'] / 1e6:>8.1f}{r['kv_bytes_stock'] / 1e6:>8.1f}  {min(kept):.3f}-{max(kept):.3f}"
         )
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -74,22 +74,31 @@ def main() -> None:
                 continue
             (report,) = resp.json()["meta_info"]["vl_cache"]
             rows.append({**report, "e2e_ms": e2e_ms})
-            print(f"[bench] {len(rows)}/{len(runs)} {policy} @ {budget}: kept {report['kv_bytes_kept'] / report['kv_bytes_full']:.3f}", flush=True)
+            kept = report["kv_bytes_kept"] / report["kv_bytes_full"]
+            print(f"[bench] {len(rows)}/{len(runs)} {policy} @ {budget}: kept {kept:.3f}", flush=True)
 
     full = rows[0]
     print(f"\nprompt: {full['prompt_tokens']} tokens ({full['visual_tokens']} visual), "
           f"{len(full['kept_tokens_per_layer'])} layers, KV full = {full['kv_bytes_full']:,} bytes\n")  # fmt: skip
-    header = f"{'policy':<13}{'budget':>7}{'realised':>9}{'kept/full':>10}{'KV kept (B)':>13}{'kept per layer':>22}{'freed per layer':>24}{'score ms':>9}{'e2e ms':>8}"
+    header = (
+        f"{'policy':<13}{'budget':>7}{'realised':>9}{'kept/full':>10}{'KV kept (B)':>13}{'kept per layer':>22}"
+        f"{'freed per layer':>24}{'score ms':>9}{'e2e ms':>8}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['policy']:<13}{r['budget']:>7.2f}{r['realized_budget']:>9.3f}{r['kv_bytes_kept'] / r['kv_bytes_full']:>10.3f}"
+            f"{r['policy']:<13}{r['budget']:>7.2f}{r['realized_budget']:>9.3f}"
+            f"{r['kv_bytes_kept'] / r['kv_bytes_full']:>10.3f}"
             f"{r['kv_bytes_kept']:>13,}{str(r['kept_tokens_per_layer']):>22}{str(r['freed_slots_per_layer']):>24}"
             f"{r['scoring_ms']:>9.1f}{r['e2e_ms']:>8.0f}"
         )
-    print("\nratio to full (KV bytes): " + ", ".join(
-        f"{r['policy']}@{r['budget']}: {full['kv_bytes_full'] / r['kv_bytes_kept']:.1f}x smaller" for r in rows[1:] if r["budget"] == 0.1))  # fmt: skip
+    ratios = [
+        f"{r['policy']}@{r['budget']}: {full['kv_bytes_full'] / r['kv_bytes_kept']:.1f}x smaller"
+        for r in rows[1:]
+        if r["budget"] == 0.1
+    ]
+    print("\nratio to full (KV bytes): " + ", ".join(ratios))
     _plot(rows, args.budgets)
 
 
@@ -114,15 +123,24 @@ def _plot(rows, budgets) -> None:
     policies = list(dict.fromkeys(r["policy"] for r in rows[1:]))
     for policy in policies:
         mine = [r for r in rows if r["policy"] == policy]
-        left.plot([r["budget"] for r in mine], [r["kv_bytes_kept"] / r["kv_bytes_full"] for r in mine], marker="o", label=policy)
-    left.set(xlabel="requested budget", ylabel="KV bytes kept / full", xscale="log", yscale="log", title="Prompt KV kept")
+        left.plot(
+            [r["budget"] for r in mine],
+            [r["kv_bytes_kept"] / r["kv_bytes_full"] for r in mine],
+            marker="o",
+            label=policy,
+        )
+    left.set(
+        xlabel="requested budget", ylabel="KV bytes kept / full", xscale="log", yscale="log", title="Prompt KV kept"
+    )
     left.legend()
     at = [r for r in rows if r["budget"] == 0.1 and r["policy"] in policies]
     layers = len(rows[0]["kept_tokens_per_layer"])
     width = 0.8 / max(1, len(at))
     for i, r in enumerate(at):
-        right.bar([l + i * width for l in range(layers)], r["kept_tokens_per_layer"], width, label=r["policy"])
-    right.set(xlabel="layer", ylabel="prompt tokens kept", title="Per-layer budgets at budget 0.1", xticks=range(layers))
+        right.bar([layer + i * width for layer in range(layers)], r["kept_tokens_per_layer"], width, label=r["policy"])
+    right.set(
+        xlabel="layer", ylabel="prompt tokens kept", title="Per-layer budgets at budget 0.1", xticks=range(layers)
+    )
     right.legend()
     fig.suptitle(f"SGLang + vlcache plugin, tiny Qwen2-VL, {rows[0]['prompt_tokens']}-token 2-image prompt")
     fig.tight_layout()

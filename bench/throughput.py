@@ -107,6 +107,8 @@ def peak_decoding(results) -> int:
 
 def summarise(side: str, results: list[dict], max_new_tokens: int) -> dict:
     ok = [r for r in results if r["status"] == 200]
+    if not ok:
+        raise RuntimeError(f"{side}: every request failed, e.g. {results[0].get('status')}: {results[0].get('error')}")
     span = max(r["done"] for r in ok) - min(r["sent"] for r in results) if ok else float("nan")
     ttft = sorted(r["first"] - r["sent"] for r in ok)
     lat = sorted(r["done"] - r["sent"] for r in ok)
@@ -143,11 +145,11 @@ def main(argv=None) -> None:
         arrivals.append(t)
         t += rng.expovariate(args.rate)
 
-    def bodies(side: str, vl: dict | None) -> list[dict]:
+    def bodies(side: str, vl: dict | None, model_id: str) -> list[dict]:
         out = []
         for i in range(args.requests):
             body = {
-                "model": "bench", "max_tokens": args.max_new_tokens, "temperature": 0, "stream": True,
+                "model": model_id, "max_tokens": args.max_new_tokens, "temperature": 0, "stream": True,
                 "messages": [{"role": "user", "content": [
                     {"type": "image_url", "image_url": {"url": noise_image(zlib.crc32(f"{side}/{i}".encode()), args.image_side)}},
                     {"type": "text", "text": "Describe the image in detail."}]}],
@@ -160,14 +162,15 @@ def main(argv=None) -> None:
 
     rows = []
     for side, plugin, vl in (("stock", False, None), ("vlcache", True, {"policy": "vlcache", "budget": args.budget})):
-        with Servers("throughput", {"stock": args.stock_url, "vlcache": args.plugin_url}) as servers:  # one server at a time: each gets the machine to itself
+        # One server at a time: each side gets the machine to itself.
+        with Servers("throughput", {"stock": args.stock_url, "vlcache": args.plugin_url}) as servers:
             url = servers.start(side, bench_server_config(model, plugin=plugin, max_total_tokens=args.max_total_tokens,
                                                           max_running=args.max_running))  # fmt: skip
             with gateway(url, side) as gw:
-                warm = bodies(side + "-warm", vl)[:1]
-                run_load(gw, warm, [0.0])
+                model_id = httpx.get(f"{gw}/v1/models", timeout=30).json()["data"][0]["id"]
+                run_load(gw, bodies(side + "-warm", vl, model_id)[:1], [0.0])
                 progress(f"{side}: {args.requests} requests at {args.rate}/s open loop")
-                results = run_load(gw, bodies(side, vl), arrivals)
+                results = run_load(gw, bodies(side, vl, model_id), arrivals)
         rows.append(summarise(side, results, args.max_new_tokens))
         r = rows[-1]
         progress(f"{side}: {r['completed']} ok, {r['failed']} failed, {r['req_per_s']:.3f} req/s, peak decoding {r['peak_decoding']}")

@@ -11,6 +11,7 @@ Random weights (answers are meaningless; the benchmarks measure time and bytes).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from vlmodels.tiny_qwen2vl import TinyQwen2VLSpec, default_cache_dir, ensure_tiny_qwen2vl
@@ -27,17 +28,14 @@ BENCH_SPEC = TinyQwen2VLSpec(
 IMAGE_SIDE = 980  # pixels: 35 x 35 merged 28-px tokens
 
 
-def weight_bytes(spec: TinyQwen2VLSpec = BENCH_SPEC) -> int:
-    """Bytes of LM weights one decode step reads (fp32; the vision tower does not run in decode)."""
-    h, f, layers = spec.hidden_size, spec.intermediate_size, spec.num_layers
-    kv_dim = spec.num_kv_heads * spec.head_dim
+def decode_bytes(model_dir: str | Path) -> tuple[int, int]:
+    """(LM weight bytes one decode step reads, KV bytes per token over all layers), fp32, from config.json."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    text = cfg.get("text_config") or cfg
+    h, f, layers, vocab = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"], text["vocab_size"]
+    kv_dim = text["num_key_value_heads"] * (h // text["num_attention_heads"])
     per_layer = h * h * 2 + h * kv_dim * 2 + 3 * h * f + 2 * h  # q, o, k, v, MLP, two norms
-    return 4 * (layers * per_layer + 2 * spec.vocab_size * h + h)
-
-
-def kv_bytes_per_token(spec: TinyQwen2VLSpec = BENCH_SPEC) -> int:
-    """K and V bytes of one token over all layers (fp32)."""
-    return 4 * 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim
+    return 4 * (layers * per_layer + 2 * vocab * h + h), 4 * 2 * layers * kv_dim
 
 
 def ensure_bench_qwen2vl(out_dir: str | Path | None = None) -> Path:
