@@ -18,9 +18,20 @@ import argparse
 import statistics
 
 from bench.harness import (
-    RESULTS, add_attach_args, Servers, bench_server_config, decode_step_s, flush, generate_body, images_for, noise_image, progress,
-    prompt_text, run_batch, write_json,
-)  # fmt: skip
+    RESULTS,
+    Servers,
+    add_attach_args,
+    bench_server_config,
+    decode_step_s,
+    flush,
+    generate_body,
+    images_for,
+    noise_image,
+    progress,
+    prompt_text,
+    run_batch,
+    write_json,
+)
 from vlmodels.bench_qwen2vl import decode_bytes, ensure_bench_qwen2vl
 
 CORE = [("vlcache", 1.0), ("vlcache", 0.1)]  # what the batch > 1 and longest rows run (unless --full-grid)
@@ -40,7 +51,9 @@ def main(argv=None) -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.5, 0.2, 0.1, 0.05])
     parser.add_argument("--baselines", nargs="*", default=["snapkv", "pyramidkv", "streamingllm"])
     parser.add_argument("--max-new-tokens", type=int, default=100)
-    parser.add_argument("--full-grid-up-to", type=int, default=16000, help="longest prompt that runs every setting at batch 1")
+    parser.add_argument(
+        "--full-grid-up-to", type=int, default=16000, help="longest prompt that runs every setting at batch 1"
+    )
     parser.add_argument("--full-grid", action="store_true", help="every setting at every length and batch")
     add_attach_args(parser)
     parser.add_argument("--model", default=None, help="model folder (default: build the benchmark model)")
@@ -58,8 +71,12 @@ def main(argv=None) -> None:
 
     rows, seed = [], 0
     with Servers(args.name, {"stock": args.stock_url, "plugin": args.plugin_url}) as servers:
-        stock = servers.start("stock", bench_server_config(model, plugin=False, max_total_tokens=capacity, max_running=max(args.batches)))
-        plugin = servers.start("plugin", bench_server_config(model, plugin=True, max_total_tokens=capacity, max_running=max(args.batches)))
+        stock = servers.start(
+            "stock", bench_server_config(model, plugin=False, max_total_tokens=capacity, max_running=max(args.batches))
+        )
+        plugin = servers.start(
+            "plugin", bench_server_config(model, plugin=True, max_total_tokens=capacity, max_running=max(args.batches))
+        )
         warm_text = prompt_text(processor, 1)
         for url, vl in ((stock, None), (plugin, {"policy": "full", "budget": 1.0})):  # one-time multimodal warm-up
             run_batch(url, [generate_body(warm_text, [noise_image(10**6)], 4, vl)])
@@ -72,12 +89,18 @@ def main(argv=None) -> None:
                 bodies = []
                 for _ in range(batch):
                     seed += 1
-                    bodies.append(generate_body(text, [noise_image(seed * 1000 + j) for j in range(num_images)], args.max_new_tokens, vl))
+                    bodies.append(
+                        generate_body(
+                            text, [noise_image(seed * 1000 + j) for j in range(num_images)], args.max_new_tokens, vl
+                        )
+                    )
                 measured[side] = run_batch(url, bodies)
             rows.append(summarise(length, batch, policy, budget, measured, w_bytes, token_bytes))
             r = rows[-1]
-            progress(f"{i}/{len(plan)} {length} tok x{batch} {policy}@{budget}: decode {r['stock_step_ms']:.1f} -> "
-                     f"{r['plugin_step_ms']:.1f} ms/step ({r['decode_speedup']:.2f}x, bound {r['byte_bound']:.2f}x)")  # fmt: skip
+            progress(
+                f"{i}/{len(plan)} {length} tok x{batch} {policy}@{budget}: decode {r['stock_step_ms']:.1f} -> "
+                f"{r['plugin_step_ms']:.1f} ms/step ({r['decode_speedup']:.2f}x, bound {r['byte_bound']:.2f}x)"
+            )
     print_table(rows, w_bytes, token_bytes)
     path = write_json(args.name, {"weights_bytes": w_bytes, "kv_bytes_per_token": token_bytes, "rows": rows})
     plot(rows, RESULTS / f"{args.name}.png")
@@ -89,30 +112,45 @@ def summarise(length, batch, policy, budget, measured, w_bytes, token_bytes) -> 
     prompt_tokens = [int(t.meta["prompt_tokens"]) for t in plugin]
     reports = [(t.meta.get("vl_cache") or [{}])[0] for t in plugin]
     kv_full = sum(n * token_bytes for n in prompt_tokens)
-    kv_kept = sum(int(r.get("kv_bytes_kept", n * token_bytes)) for r, n in zip(reports, prompt_tokens))
+    kv_kept = sum(int(r.get("kv_bytes_kept", n * token_bytes)) for r, n in zip(reports, prompt_tokens, strict=True))
     step_stock, step_plugin = decode_step_s(stock), decode_step_s(plugin)
     wall = lambda batch_: max(t.stamps[-1][0] for t in batch_) - min(t.sent for t in batch_)  # noqa: E731
     bound = (w_bytes + kv_full) / (w_bytes + kv_kept)
     return {
-        "prompt_tokens": statistics.mean(prompt_tokens), "batch": batch, "policy": policy, "budget": budget,
+        "prompt_tokens": statistics.mean(prompt_tokens),
+        "batch": batch,
+        "policy": policy,
+        "budget": budget,
         "stock_prefill_ms": 1000 * statistics.mean(t.ttft_s for t in stock),
         "plugin_prefill_ms": 1000 * statistics.mean(t.ttft_s for t in plugin),
-        "stock_step_ms": 1000 * step_stock, "plugin_step_ms": 1000 * step_plugin,
-        "stock_e2e_ms": 1000 * wall(stock), "plugin_e2e_ms": 1000 * wall(plugin),
-        "kv_bytes_stock": kv_full, "kv_bytes_plugin": kv_kept,
-        "kept_fraction_per_request": [int(r.get("kv_bytes_kept", 0)) / (n * token_bytes) if r else 1.0 for r, n in zip(reports, prompt_tokens)],
+        "stock_step_ms": 1000 * step_stock,
+        "plugin_step_ms": 1000 * step_plugin,
+        "stock_e2e_ms": 1000 * wall(stock),
+        "plugin_e2e_ms": 1000 * wall(plugin),
+        "kv_bytes_stock": kv_full,
+        "kv_bytes_plugin": kv_kept,
+        "kept_fraction_per_request": [
+            int(r.get("kv_bytes_kept", 0)) / (n * token_bytes) if r else 1.0
+            for r, n in zip(reports, prompt_tokens, strict=True)
+        ],
         "scoring_ms": [float(r.get("scoring_ms", 0.0)) for r in reports],
         "output_tokens": [t.output_tokens for t in plugin],
-        "decode_speedup": step_stock / step_plugin, "e2e_speedup": wall(stock) / wall(plugin), "byte_bound": bound,
+        "decode_speedup": step_stock / step_plugin,
+        "e2e_speedup": wall(stock) / wall(plugin),
+        "byte_bound": bound,
         "fraction_of_bound": (step_stock / step_plugin) / bound,
         "sglang_first_token_latency_s": [t.meta.get("first_token_latency") for t in plugin],
-    }  # fmt: skip
+    }
 
 
 def print_table(rows, w_bytes, token_bytes) -> None:
-    print(f"\nbenchmark model: {w_bytes / 1e6:.1f} MB of LM weights, {token_bytes / 1024:.0f} KiB of KV per token (fp32)\n")
-    head = (f"{'prompt':>7}{'bs':>3} {'setting':<16}{'prefill s':>10}{'/stock':>7}{'step ms':>9}{'stock':>8}{'speedup':>8}"
-            f"{'bound':>7}{'of bnd':>7}{'e2e s':>7}{'e2e x':>7}{'KV MB':>8}{'stock':>8}  {'kept/full (min-max)'}")  # fmt: skip
+    print(
+        f"\nbenchmark model: {w_bytes / 1e6:.1f} MB of LM weights, {token_bytes / 1024:.0f} KiB of KV per token (fp32)\n"
+    )
+    head = (
+        f"{'prompt':>7}{'bs':>3} {'setting':<16}{'prefill s':>10}{'/stock':>7}{'step ms':>9}{'stock':>8}{'speedup':>8}"
+        f"{'bound':>7}{'of bnd':>7}{'e2e s':>7}{'e2e x':>7}{'KV MB':>8}{'stock':>8}  {'kept/full (min-max)'}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -133,13 +171,31 @@ def plot(rows, out) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for (length, batch) in sorted({(round(r["prompt_tokens"], -3), r["batch"]) for r in rows}):
-        mine = sorted((r for r in rows if r["policy"] == "vlcache" and r["batch"] == batch and round(r["prompt_tokens"], -3) == length),
-                      key=lambda r: r["budget"])  # fmt: skip
+    for length, batch in sorted({(round(r["prompt_tokens"], -3), r["batch"]) for r in rows}):
+        mine = sorted(
+            (
+                r
+                for r in rows
+                if r["policy"] == "vlcache" and r["batch"] == batch and round(r["prompt_tokens"], -3) == length
+            ),
+            key=lambda r: r["budget"],
+        )
         if mine:
-            left.plot([r["budget"] for r in mine], [r["decode_speedup"] for r in mine], marker="o", label=f"{length:.0f} tok, bs {batch}")
-            left.plot([r["budget"] for r in mine], [r["byte_bound"] for r in mine], ls=":", color=left.lines[-1].get_color())
-    left.set(xscale="log", xlabel="budget (vlcache)", ylabel="decode speedup vs stock", title="measured (solid) vs byte bound (dotted)")
+            left.plot(
+                [r["budget"] for r in mine],
+                [r["decode_speedup"] for r in mine],
+                marker="o",
+                label=f"{length:.0f} tok, bs {batch}",
+            )
+            left.plot(
+                [r["budget"] for r in mine], [r["byte_bound"] for r in mine], ls=":", color=left.lines[-1].get_color()
+            )
+    left.set(
+        xscale="log",
+        xlabel="budget (vlcache)",
+        ylabel="decode speedup vs stock",
+        title="measured (solid) vs byte bound (dotted)",
+    )
     left.legend(fontsize=8)
     labels = [f"{r['prompt_tokens'] / 1000:.0f}k bs{r['batch']} {r['policy']}@{r['budget']}" for r in rows]
     right.barh(range(len(rows)), [r["fraction_of_bound"] for r in rows])

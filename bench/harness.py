@@ -44,7 +44,9 @@ def noise_image(seed: int, side: int = IMAGE_SIDE) -> str:
     """A seeded random-blocks PNG as a data URL: distinct seeds never share a radix prefix."""
     rng = random.Random(seed)
     small = Image.new("RGB", (side // 28, side // 28))
-    small.putdata([(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(small.width * small.height)])
+    small.putdata(
+        [(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(small.width * small.height)]
+    )
     buf = io.BytesIO()
     small.resize((side, side), Image.NEAREST).save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -63,14 +65,27 @@ def images_for(target_tokens: int, tokens_per_image: int = (IMAGE_SIDE // 28) **
 # --- servers -------------------------------------------------------------------------------------------
 
 
-def bench_server_config(model: Path, *, plugin: bool, max_total_tokens: int, max_running: int, extra=()) -> SGLangServerConfig:
+def bench_server_config(
+    model: Path, *, plugin: bool, max_total_tokens: int, max_running: int, extra=()
+) -> SGLangServerConfig:
     """CPU engine; whole prompts in one prefill chunk (no redundant re-attention of earlier chunks)."""
     return SGLangServerConfig(
-        model_path=str(model), port=free_port(), kv_compression=plugin, context_length=40960,
-        max_total_tokens=max_total_tokens, max_running_requests=max_running,
-        extra_args=["--chunked-prefill-size", "-1", "--max-prefill-tokens", "40960",
-                    "--mem-fraction-static", "0.9", *extra],  # explicit: SGLang derives it from the chunk size
-    )  # fmt: skip
+        model_path=str(model),
+        port=free_port(),
+        kv_compression=plugin,
+        context_length=40960,
+        max_total_tokens=max_total_tokens,
+        max_running_requests=max_running,
+        extra_args=[
+            "--chunked-prefill-size",
+            "-1",
+            "--max-prefill-tokens",
+            "40960",
+            "--mem-fraction-static",
+            "0.9",
+            *extra,
+        ],  # explicit: SGLang derives it from the chunk size
+    )
 
 
 class Servers(ExitStack):

@@ -41,8 +41,11 @@ def gateway(backend_url: str, name: str):
     port = free_port()
     RESULTS.mkdir(exist_ok=True)
     log = open(RESULTS / f"throughput.gateway-{name}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--backend-url", backend_url, "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "--backend-url", backend_url, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -73,7 +76,11 @@ async def one_request(client, url, body, start_at, t0) -> dict:
     tokens = 0
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
         if resp.status_code != 200:
-            return {"sent": sent - t0, "status": resp.status_code, "error": (await resp.aread())[:300].decode(errors="replace")}
+            return {
+                "sent": sent - t0,
+                "status": resp.status_code,
+                "error": (await resp.aread())[:300].decode(errors="replace"),
+            }
         async for line in resp.aiter_lines():
             if not line.startswith("data:") or line.strip() == "data: [DONE]":
                 continue
@@ -83,21 +90,32 @@ async def one_request(client, url, body, start_at, t0) -> dict:
                 first = first or now
                 last = now
                 tokens += 1
-    return {"sent": sent - t0, "status": 200, "first": (first or sent) - t0, "done": (last or sent) - t0, "chunks": tokens}
+    return {
+        "sent": sent - t0,
+        "status": 200,
+        "first": (first or sent) - t0,
+        "done": (last or sent) - t0,
+        "chunks": tokens,
+    }
 
 
 def run_load(url: str, bodies: list[dict], arrivals: list[float]) -> list[dict]:
     async def go():
         async with httpx.AsyncClient(timeout=600) as client:
             t0 = time.perf_counter()
-            return await asyncio.gather(*(one_request(client, url, b, a, t0) for b, a in zip(bodies, arrivals)))
+            return await asyncio.gather(
+                *(one_request(client, url, b, a, t0) for b, a in zip(bodies, arrivals, strict=True))
+            )
 
     return asyncio.run(go())
 
 
 def peak_decoding(results) -> int:
-    events = sorted([(r["first"], 1) for r in results if r["status"] == 200] + [(r["done"], -1) for r in results if r["status"] == 200],
-                    key=lambda e: (e[0], e[1]))  # fmt: skip
+    events = sorted(
+        [(r["first"], 1) for r in results if r["status"] == 200]
+        + [(r["done"], -1) for r in results if r["status"] == 200],
+        key=lambda e: (e[0], e[1]),
+    )
     peak = cur = 0
     for _, delta in events:
         cur += delta
@@ -114,13 +132,19 @@ def summarise(side: str, results: list[dict], max_new_tokens: int) -> dict:
     lat = sorted(r["done"] - r["sent"] for r in ok)
     pct = lambda xs, p: xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")  # noqa: E731
     return {
-        "side": side, "completed": len(ok), "failed": len(results) - len(ok),
+        "side": side,
+        "completed": len(ok),
+        "failed": len(results) - len(ok),
         "errors": [r.get("error") for r in results if r["status"] != 200][:3],
-        "req_per_s": len(ok) / span, "output_tok_per_s": sum(r["chunks"] for r in ok) / span,
-        "ttft_p50_s": statistics.median(ttft), "ttft_p99_s": pct(ttft, 0.99),
-        "latency_p50_s": statistics.median(lat), "latency_p99_s": pct(lat, 0.99),
-        "peak_decoding": peak_decoding(results), "timelines": ok,
-    }  # fmt: skip
+        "req_per_s": len(ok) / span,
+        "output_tok_per_s": sum(r["chunks"] for r in ok) / span,
+        "ttft_p50_s": statistics.median(ttft),
+        "ttft_p99_s": pct(ttft, 0.99),
+        "latency_p50_s": statistics.median(lat),
+        "latency_p99_s": pct(lat, 0.99),
+        "peak_decoding": peak_decoding(results),
+        "timelines": ok,
+    }
 
 
 def main(argv=None) -> None:
@@ -149,12 +173,24 @@ def main(argv=None) -> None:
         out = []
         for i in range(args.requests):
             body = {
-                "model": model_id, "max_tokens": args.max_new_tokens, "temperature": 0, "stream": True,
-                "messages": [{"role": "user", "content": [
-                    {"type": "image_url", "image_url": {"url": noise_image(zlib.crc32(f"{side}/{i}".encode()), args.image_side)}},
-                    {"type": "text", "text": "Describe the image in detail."}]}],
+                "model": model_id,
+                "max_tokens": args.max_new_tokens,
+                "temperature": 0,
+                "stream": True,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": noise_image(zlib.crc32(f"{side}/{i}".encode()), args.image_side)},
+                            },
+                            {"type": "text", "text": "Describe the image in detail."},
+                        ],
+                    }
+                ],
                 "ignore_eos": True,
-            }  # fmt: skip
+            }
             if vl:
                 body["vl_cache"] = vl
             out.append(body)
@@ -164,8 +200,12 @@ def main(argv=None) -> None:
     for side, plugin, vl in (("stock", False, None), ("vlcache", True, {"policy": "vlcache", "budget": args.budget})):
         # One server at a time: each side gets the machine to itself.
         with Servers("throughput", {"stock": args.stock_url, "vlcache": args.plugin_url}) as servers:
-            url = servers.start(side, bench_server_config(model, plugin=plugin, max_total_tokens=args.max_total_tokens,
-                                                          max_running=args.max_running))  # fmt: skip
+            url = servers.start(
+                side,
+                bench_server_config(
+                    model, plugin=plugin, max_total_tokens=args.max_total_tokens, max_running=args.max_running
+                ),
+            )
             with gateway(url, side) as gw:
                 model_id = httpx.get(f"{gw}/v1/models", timeout=30).json()["data"][0]["id"]
                 run_load(gw, bodies(side + "-warm", vl, model_id)[:1], [0.0])
@@ -173,13 +213,21 @@ def main(argv=None) -> None:
                 results = run_load(gw, bodies(side, vl, model_id), arrivals)
         rows.append(summarise(side, results, args.max_new_tokens))
         r = rows[-1]
-        progress(f"{side}: {r['completed']} ok, {r['failed']} failed, {r['req_per_s']:.3f} req/s, peak decoding {r['peak_decoding']}")
+        progress(
+            f"{side}: {r['completed']} ok, {r['failed']} failed, {r['req_per_s']:.3f} req/s, peak decoding {r['peak_decoding']}"
+        )
 
-    print(f"\nKV pool {args.max_total_tokens} tokens, {args.requests} requests at {args.rate}/s, {args.max_new_tokens} output tokens each\n")
-    print(f"{'side':<9}{'ok':>4}{'fail':>5}{'req/s':>8}{'tok/s':>8}{'TTFT p50':>9}{'p99':>7}{'lat p50':>8}{'p99':>7}{'peak':>6}")
+    print(
+        f"\nKV pool {args.max_total_tokens} tokens, {args.requests} requests at {args.rate}/s, {args.max_new_tokens} output tokens each\n"
+    )
+    print(
+        f"{'side':<9}{'ok':>4}{'fail':>5}{'req/s':>8}{'tok/s':>8}{'TTFT p50':>9}{'p99':>7}{'lat p50':>8}{'p99':>7}{'peak':>6}"
+    )
     for r in rows:
-        print(f"{r['side']:<9}{r['completed']:>4}{r['failed']:>5}{r['req_per_s']:>8.3f}{r['output_tok_per_s']:>8.1f}"
-              f"{r['ttft_p50_s']:>9.2f}{r['ttft_p99_s']:>7.2f}{r['latency_p50_s']:>8.2f}{r['latency_p99_s']:>7.2f}{r['peak_decoding']:>6}")  # fmt: skip
+        print(
+            f"{r['side']:<9}{r['completed']:>4}{r['failed']:>5}{r['req_per_s']:>8.3f}{r['output_tok_per_s']:>8.1f}"
+            f"{r['ttft_p50_s']:>9.2f}{r['ttft_p99_s']:>7.2f}{r['latency_p50_s']:>8.2f}{r['latency_p99_s']:>7.2f}{r['peak_decoding']:>6}"
+        )
     ratio = rows[1]["req_per_s"] / rows[0]["req_per_s"]
     print(f"\nrequest throughput, vlcache@{args.budget} / stock: {ratio:.2f}x")
     write_json(args.name, {"args": vars(args), "rows": rows, "throughput_ratio": ratio})

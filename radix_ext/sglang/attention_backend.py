@@ -48,12 +48,15 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
         super().init_forward_metadata(forward_batch)
         pool = self.token_to_kv_pool
         rows = forward_batch.req_pool_indices.tolist()
-        seq_lens = (forward_batch.seq_lens_cpu if forward_batch.seq_lens_cpu is not None else forward_batch.seq_lens).tolist()
+        seq_lens = (
+            forward_batch.seq_lens_cpu if forward_batch.seq_lens_cpu is not None else forward_batch.seq_lens
+        ).tolist()
         rids = forward_batch.rids or [None] * len(rows)
         if forward_batch.forward_mode.is_decode():
             self._extend = None
             self._decode = [
-                self.read_tables.for_decode(rid, row, n, pool.views.get(row)) for rid, row, n in zip(rids, rows, seq_lens)
+                self.read_tables.for_decode(rid, row, n, pool.views.get(row))
+                for rid, row, n in zip(rids, rows, seq_lens, strict=True)
             ]
             return
         # Every occupant of a row starts with an extend: the previous occupant's read table is stale.
@@ -61,7 +64,10 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
         self._decode = []
         self._extend = ExtendBatch(
             seq_lens=seq_lens,
-            logical=[self.req_to_token_pool.req_to_token[row, :n].to(torch.int64) for row, n in zip(rows, seq_lens)],
+            logical=[
+                self.req_to_token_pool.req_to_token[row, :n].to(torch.int64)
+                for row, n in zip(rows, seq_lens, strict=True)
+            ],
             views=[pool.views.get(row) for row in rows],
             plans=[pool.plans.get(rid) for rid in rids],
         )
@@ -84,13 +90,20 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
         q_ = q.view(-1, layer.tp_q_head_num, layer.qk_head_dim)
         o = q.new_empty((q.shape[0], layer.tp_q_head_num * layer.v_head_dim))
         self._run_sdpa_forward_extend(
-            q_, o.view(-1, layer.tp_q_head_num, layer.v_head_dim),
+            q_,
+            o.view(-1, layer.tp_q_head_num, layer.v_head_dim),
             self.token_to_kv_pool.get_key_buffer(layer.layer_id),
             self.token_to_kv_pool.get_value_buffer(layer.layer_id),
-            table, torch.arange(len(lengths)), torch.tensor(lengths),
-            forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens, None,
-            scaling=layer.scaling, enable_gqa=layer.tp_q_head_num != layer.tp_k_head_num, causal=True,
-        )  # fmt: skip
+            table,
+            torch.arange(len(lengths)),
+            torch.tensor(lengths),
+            forward_batch.extend_prefix_lens,
+            forward_batch.extend_seq_lens,
+            None,
+            scaling=layer.scaling,
+            enable_gqa=layer.tp_q_head_num != layer.tp_k_head_num,
+            causal=True,
+        )
         self._score_rows(q_, layer, forward_batch, table, lengths)
         return o
 
@@ -111,9 +124,12 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
             if keys.dtype != q.dtype:
                 keys, values = keys.to(q.dtype), values.to(q.dtype)
             out = scaled_dot_product_attention(
-                q[i].unsqueeze(1).unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0),
-                scale=layer.scaling, enable_gqa=gqa,
-            )  # fmt: skip
+                q[i].unsqueeze(1).unsqueeze(0),
+                keys.unsqueeze(0),
+                values.unsqueeze(0),
+                scale=layer.scaling,
+                enable_gqa=gqa,
+            )
             o[i] = out[0, :, 0]
         return o.view(q.shape[0], -1)
 
@@ -134,8 +150,11 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
                         n = min(lengths[i], plan.layout.num_tokens)
                         keys = self.token_to_kv_pool.get_key_buffer(layer.layer_id)[table[i, :n]]
                         stats = attention_stats(
-                            q_rows, keys.transpose(0, 1), rows, scale=layer.scaling,
+                            q_rows,
+                            keys.transpose(0, 1),
+                            rows,
+                            scale=layer.scaling,
                             sparsity_threshold=plan.policy.sparsity_threshold,
-                        )  # fmt: skip
+                        )
                     plan.add_part(layer_idx, stats, watch.seconds)
             start_q += extend

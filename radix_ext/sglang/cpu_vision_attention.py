@@ -10,6 +10,7 @@ selected (it changes memory, not results), so stock and plugin runs compare like
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
@@ -36,7 +37,7 @@ def segmented_vision_sdpa(original, self, q, k, v, bsz, cu_seqlens=None, attenti
     bounds = [int(b) for b in (cu_seqlens.tolist() if torch.is_tensor(cu_seqlens) else cu_seqlens)]
     out = q.new_empty((q.shape[0], self.num_heads, self.head_size))
     gqa = self.num_heads != self.num_kv_heads
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in itertools.pairwise(bounds):
         if end <= start:
             continue
         # [len, heads, d] -> [1, heads, len, d]

@@ -72,7 +72,9 @@ class ReadTables:
 
     def _append(self, table: RequestTable, logical_slot: int) -> None:
         if int(table.lens.max()) >= table.phys.shape[1]:
-            grown = torch.zeros((table.phys.shape[0], table.phys.shape[1] * 2), dtype=torch.int64, device=table.phys.device)
+            grown = torch.zeros(
+                (table.phys.shape[0], table.phys.shape[1] * 2), dtype=torch.int64, device=table.phys.device
+            )
             grown[:, : table.phys.shape[1]] = table.phys
             table.phys = grown
         layers = torch.arange(table.phys.shape[0])

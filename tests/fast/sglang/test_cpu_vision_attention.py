@@ -1,5 +1,7 @@
 """Per-image vision attention on the CPU engine equals SGLang's dense-mask `VisionSdpaAttention`."""
 
+import itertools
+
 import pytest
 import torch
 from sglang.srt.layers.attention.vision import VisionSdpaAttention
@@ -11,12 +13,16 @@ def _dense_block_mask_reference(attn, q, k, v, cu):
     """What stock computes: one SDPA over all patches with a block-diagonal `[s, s]` mask."""
     s = q.shape[0]
     mask = torch.zeros((s, s), dtype=torch.bool)
-    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+    for start, end in itertools.pairwise(cu.tolist()):
         mask[start:end, start:end] = True
     out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask, scale=attn.scale,
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        attn_mask=mask,
+        scale=attn.scale,
         enable_gqa=q.shape[1] != k.shape[1],
-    )  # fmt: skip
+    )
     return out[0].transpose(0, 1)
 
 
@@ -34,9 +40,12 @@ def test_segmented_equals_dense_mask(monkeypatch, heads, kv_heads):
     torch.testing.assert_close(got, _dense_block_mask_reference(attn, q, k, v, cu), rtol=1e-5, atol=1e-5)
     for start, end in [(0, 16), (20, 52)]:  # each image alone equals plain attention over that image
         ref = torch.nn.functional.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1), k[start:end].transpose(0, 1), v[start:end].transpose(0, 1),
-            scale=attn.scale, enable_gqa=heads != kv_heads,
-        ).transpose(0, 1)  # fmt: skip
+            q[start:end].transpose(0, 1),
+            k[start:end].transpose(0, 1),
+            v[start:end].transpose(0, 1),
+            scale=attn.scale,
+            enable_gqa=heads != kv_heads,
+        ).transpose(0, 1)
         torch.testing.assert_close(got[start:end], ref, rtol=1e-5, atol=1e-5)
 
 

@@ -88,4 +88,6 @@ def test_capacity_grows_past_the_headroom():
         big.allocate(torch.tensor([100 + seq_len]))
         req_to_token[1, seq_len - 1] = 100 + seq_len
         got = tables.for_decode("a", 1, seq_len, None)
-    assert got.phys.shape[1] >= 299 and torch.equal(got.layer(2), big.physical(2, req_to_token[1, :299].to(torch.int64)))
+    assert got.phys.shape[1] >= 299 and torch.equal(
+        got.layer(2), big.physical(2, req_to_token[1, :299].to(torch.int64))
+    )

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def _run(module, args, results_dir, timeout=600):
     env = {**os.environ, "VLCACHE_BENCH_RESULTS": str(results_dir)}
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -28,12 +30,27 @@ def attach(sglang_server, vlcache_server, tiny_model_dir):
 
 
 def test_decode_benchmark_smoke(attach, tmp_path):
-    args = ["--lengths", "300", "--batches", "1", "2", "--budgets", "1.0", "0.1", "--baselines", "--max-new-tokens", "6",
-            "--name", "smoke"]  # fmt: skip
+    args = [
+        "--lengths",
+        "300",
+        "--batches",
+        "1",
+        "2",
+        "--budgets",
+        "1.0",
+        "0.1",
+        "--baselines",
+        "--max-new-tokens",
+        "6",
+        "--name",
+        "smoke",
+    ]
     proc = _run("bench.decode", attach + args, tmp_path)
     rows = json.loads((tmp_path / "smoke.json").read_text())["rows"]
     assert (tmp_path / "smoke.png").stat().st_size > 0 and "speedup" in proc.stdout
-    assert {(r["batch"], r["policy"], r["budget"]) for r in rows} == {(b, "vlcache", x) for b in (1, 2) for x in (1.0, 0.1)}
+    assert {(r["batch"], r["policy"], r["budget"]) for r in rows} == {
+        (b, "vlcache", x) for b in (1, 2) for x in (1.0, 0.1)
+    }
     for r in rows:
         assert r["output_tokens"] == [6] * r["batch"]
         kept = r["kept_fraction_per_request"]
