@@ -13,7 +13,7 @@ from service.errors import Overloaded
 class Slot:
     """One admitted request. `release()` is idempotent (streams release from several exit paths)."""
 
-    def __init__(self, limiter: "AdmissionLimiter"):
+    def __init__(self, limiter: AdmissionLimiter):
         self._limiter = limiter
         self._held = True
 

@@ -18,12 +18,14 @@ from pathlib import Path
 import anyio
 from fastapi import FastAPI
 
+from service import vl_cache
 from service.admission import AdmissionLimiter
 from service.api import chat, generate, ops
 from service.backend import Backend, SGLangBackend
 from service.config import GatewaySettings
 from service.errors import install_error_handlers
 from service.media.intake import MediaIntake
+from service.media.visual_tokens import VisualTokenCost
 from service.metrics import GatewayMetrics
 from service.middleware import APIKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from service.prompt import ChatTemplate
@@ -80,7 +82,7 @@ def create_app(
         summary="OpenAI-compatible chat with images and videos over SGLang, with VL-Cache KV reports.",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, bad_value_code=vl_cache.error_code)
     app.include_router(chat.router)
     app.include_router(generate.router)
     app.include_router(ops.router)
@@ -97,7 +99,10 @@ async def _connect(state: GatewayState, template: ChatTemplate | None, on_ready)
     model_info = await state.backend.model_info()
     settings = state.settings
     the_template = template or await anyio.to_thread.run_sync(ChatTemplate, _tokenizer_path(settings, model_info))
-    state.incremental_stream = await _incremental_stream(state.backend)
+    info = await _server_info(state.backend)
+    state.incremental_stream = bool(info.get("incremental_streaming_output", False))
+    state.visual_cost = VisualTokenCost.from_model_dir(the_template.path)
+    state.max_visual_tokens = settings.max_visual_tokens or info.get("max_req_input_len") or info.get("context_length")
     state.model_name = _model_name(settings, model_info)
     state.template = the_template  # last: the gateway counts as connected from here on
     logger.info("connected to SGLang at %s, serving %s", settings.backend_url, state.model_name)
@@ -114,7 +119,9 @@ async def _keep_connecting(state: GatewayState, template: ChatTemplate | None, o
             return
         except Exception as exc:
             delay = min(delay * 2, RETRY_MAX_S)
-            logger.warning("SGLang at %s is still not ready (%s); next try in %.0f s", state.settings.backend_url, exc, delay)
+            logger.warning(
+                "SGLang at %s is still not ready (%s); next try in %.0f s", state.settings.backend_url, exc, delay
+            )
 
 
 def _tokenizer_path(settings: GatewaySettings, model_info: dict) -> str:
@@ -132,10 +139,9 @@ def _model_name(settings: GatewaySettings, model_info: dict) -> str:
     return Path(served).name if "/" in served else served
 
 
-async def _incremental_stream(backend: Backend) -> bool:
+async def _server_info(backend: Backend) -> dict:
     try:
-        info = await backend.server_info()
+        return await backend.server_info()
     except Exception:
-        logger.warning("cannot read /server_info; assuming cumulative streaming output")
-        return False
-    return bool(info.get("incremental_streaming_output", False))
+        logger.warning("cannot read /server_info; assuming cumulative streaming output and no visual-token bound")
+        return {}

@@ -123,6 +123,8 @@ class SGLangBackend:
 
     async def abort(self, rid: str) -> None:
         """Ask SGLang to abort `rid` and free its KV. Best effort: failures are logged, not raised."""
+        if self._client.is_closed:  # the gateway is stopping; the launcher aborts what SGLang still holds
+            return
         try:
             response = await self._client.post("/abort_request", json={"rid": rid}, timeout=5.0)
             if response.status_code != 200:
@@ -146,7 +148,10 @@ class SGLangBackend:
         return response.json()
 
     async def model_info(self) -> dict:
-        return await self._get_json("/model_info")
+        try:
+            return await self._get_json("/model_info")
+        except InvalidRequest:  # a 4xx: sglang-router 0.3.2 serves only SGLang's older `/get_model_info`
+            return await self._get_json("/get_model_info")
 
     async def server_info(self) -> dict:
         return await self._get_json("/server_info")

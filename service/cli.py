@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import shlex
-import signal
 
 from service.config import GatewaySettings
 
@@ -92,9 +91,30 @@ def parse_args(argv: list[str] | None) -> tuple[dict, list[str]]:
     add("--max-running-requests", type=int)
     add("--default-policy", help="VL-Cache policy for requests that name none (default: the plugin's, vlcache at 0.1)")
     add("--default-budget", type=float)
+    add(
+        "--verbose",
+        action="store_true",
+        default=None,
+        help="show SGLang's output here too (it always goes to a log file)",
+    )
+    add(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="the gateway's own log (default warning; info: one line per request)",
+    )
+    add("--log-dir", help="folder of SGLang's log file (default: <temp dir>/vlcache-serve)")
+    add(
+        "--shutdown-timeout",
+        dest="shutdown_timeout_s",
+        type=float,
+        help="seconds in-flight requests get to finish at Ctrl-C (default 5)",
+    )
     args, extra = parser.parse_known_args(argv)
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     return overrides, extra
+
+
+BANNER_END = "[vlcache] serving; Ctrl-C stops"
 
 
 def print_banner(url: str, model: str, with_key: bool = False) -> None:
@@ -104,39 +124,30 @@ def print_banner(url: str, model: str, with_key: bool = False) -> None:
     print("[vlcache] try it with curl:\n")
     print(example_curl(url, model, with_key) + "\n")
     print("[vlcache] or with the openai Python client:\n")
-    print(example_python(url, model, with_key) + "\n", flush=True)
+    print(example_python(url, model, with_key) + "\n")
+    print(BANNER_END, flush=True)
 
 
-def serve(settings: GatewaySettings) -> None:
-    """Serve the gateway in front of `settings.backend_url` until interrupted."""
-    import uvicorn
-
-    from service.app import create_app
-
+def _banner_printer(settings: GatewaySettings):
     public_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     url = f"http://{public_host}:{settings.port}"
     with_key = settings.api_key is not None
-    app = create_app(settings, on_ready=lambda state: print_banner(url, state.model_name, with_key))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    # Turn SIGTERM (Kubernetes, `timeout`) into SystemExit so `finally` stops the SGLang child even
-    # while we wait for it to become healthy. uvicorn installs its own handlers while it serves.
-    raise SystemExit(128 + signum)
+    return lambda model: print_banner(url, model, with_key)
 
 
 def main(argv: list[str] | None = None) -> None:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    """Exit codes (service/launcher.py): 0 stopped cleanly, 1 failed, 2 bad arguments, 3 stopped with requests
+    aborted."""
+    from service import launcher
+
     overrides, extra = parse_args(argv)
     settings = GatewaySettings(**overrides)
     if settings.backend_url:
         if extra:
             raise SystemExit(f"unknown arguments {extra}: with --backend-url there is no SGLang to pass them to")
-        serve(settings)
-        return
+        raise SystemExit(launcher.serve_gateway(settings, _banner_printer(settings)))
 
-    from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+    from service.sglang_process import SGLangServerConfig, free_port
 
     model = settings.model
     if model is None:
@@ -153,15 +164,9 @@ def main(argv: list[str] | None = None) -> None:
         max_total_tokens=settings.max_total_tokens,
         max_running_requests=settings.max_running_requests,
         extra_args=extra,
+        server_warmup=True,  # the first request is then fast, and SGLang logs no /freeze_gc traceback
     )
-    server = SGLangServer(config).start()
-    try:
-        server.wait_healthy(timeout_s=settings.backend_startup_timeout_s)
-        serve(settings.model_copy(update={"backend_url": config.url}))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    raise SystemExit(launcher.run_with_engine(settings, config, _banner_printer(settings)))
 
 
 if __name__ == "__main__":

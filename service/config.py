@@ -7,16 +7,17 @@ own through the environment (see deploy/).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from radix_ext.policy import available_policies
+from radix_ext.contract import POLICIES
 
-# Every policy of the one policy library (radix_ext.policy). The gateway refuses others with a 400 so
-# that a typo fails in the client, not inside the scheduler. Operators can narrow the list.
-DEFAULT_POLICIES = tuple(available_policies())
+# Every policy of the one policy library (radix_ext.policy, named in the wire contract). The gateway
+# refuses others with a 400 so that a typo fails in the client, not inside the scheduler. Operators
+# can narrow the list.
+DEFAULT_POLICIES = POLICIES
 
 
 def _split_csv(value):
@@ -54,6 +55,15 @@ class GatewaySettings(BaseSettings):
     # One generation may legitimately take long (first multimodal request on CPU: 10-20 s).
     backend_timeout_s: float = 300.0
 
+    # --- the terminal and the logs (`vlcache-serve`) -------------------------------------------
+    # The gateway's own log (uvicorn, `service.*`); `info` adds one access line per request.
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    # SGLang's output also on the terminal (it always goes to a log file under `log_dir`).
+    verbose: bool = False
+    log_dir: str | None = None  # default: <system temp dir>/vlcache-serve
+    # At Ctrl-C / SIGTERM, in-flight requests get this long to finish; the rest are aborted.
+    shutdown_timeout_s: float = Field(default=5.0, ge=0)
+
     # --- auth ----------------------------------------------------------------------------------
     # When set (VLCACHE_API_KEY), every /v1/* route requires `Authorization: Bearer <key>` (401
     # otherwise). /health, /ready and /metrics stay open: probes and Prometheus carry no key.
@@ -74,6 +84,12 @@ class GatewaySettings(BaseSettings):
     default_policy: str | None = None
     default_budget: float | None = Field(default=None, gt=0.0, le=1.0)
     allowed_policies: Annotated[list[str], NoDecode] = list(DEFAULT_POLICIES)
+
+    # --- media: visual tokens ------------------------------------------------------------------
+    # Visual tokens of one request (images + videos, computed from the pixels the way Qwen2-VL
+    # resizes them, service/media/visual_tokens.py): 413 beyond, before SGLang sees the media.
+    # Unset: the engine's longest accepted input (`max_req_input_len` of SGLang's /server_info).
+    max_visual_tokens: int | None = Field(default=None, ge=1)
 
     # --- media: counts -------------------------------------------------------------------------
     max_images_per_request: int = Field(default=8, ge=0)
@@ -122,12 +138,3 @@ class GatewaySettings(BaseSettings):
         if value % 2:
             raise ValueError("video_max_frames must be even (Qwen-VL merges frames in pairs)")
         return value
-
-    def default_vl_cache(self) -> dict | None:
-        """The VL-Cache options for requests that carry none (None: the SGLang plugin's own server default)."""
-        options: dict = {}
-        if self.default_policy is not None:
-            options["policy"] = self.default_policy
-        if self.default_budget is not None:
-            options["budget"] = self.default_budget
-        return options or None

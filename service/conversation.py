@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from service.api.schemas import ImagePart, Message, TextPart, VideoPart
 from service.errors import APIError, InvalidRequest
 from service.media.images import PreparedImage
 from service.media.intake import MediaIntake, Upload
 from service.media.video import PreparedVideo
+from service.schemas import ImagePart, Message, TextPart, VideoPart
 
 
 @dataclass
@@ -48,12 +48,18 @@ def _count_media(messages: list[Message]) -> tuple[int, int]:
 
 def _check_counts(n_images: int, n_videos: int, max_images: int, max_videos: int) -> None:
     if n_images > max_images:
-        raise InvalidRequest(f"{n_images} images; this server accepts at most {max_images} per request", code="too_many_media")
+        raise InvalidRequest(
+            f"{n_images} images; this server accepts at most {max_images} per request", code="too_many_media"
+        )
     if n_videos > max_videos:
-        raise InvalidRequest(f"{n_videos} videos; this server accepts at most {max_videos} per request", code="too_many_media")
+        raise InvalidRequest(
+            f"{n_videos} videos; this server accepts at most {max_videos} per request", code="too_many_media"
+        )
 
 
-async def prepare_conversation(messages: list[Message], intake: MediaIntake, max_images: int, max_videos: int) -> PreparedConversation:
+async def prepare_conversation(
+    messages: list[Message], intake: MediaIntake, max_images: int, max_videos: int
+) -> PreparedConversation:
     n_images, n_videos = _count_media(messages)
     _check_counts(n_images, n_videos, max_images, max_videos)
     template_messages: list[dict] = []
@@ -80,8 +86,15 @@ async def prepare_conversation(messages: list[Message], intake: MediaIntake, max
 
 
 async def prepare_uploads(
-    prompt: str, images: list[Upload], video: Upload | None, intake: MediaIntake, max_images: int, max_videos: int,
-    *, video_max_frames: int | None = None, video_fps: float | None = None,
+    prompt: str,
+    images: list[Upload],
+    video: Upload | None,
+    intake: MediaIntake,
+    max_images: int,
+    max_videos: int,
+    *,
+    video_max_frames: int | None = None,
+    video_fps: float | None = None,
 ) -> PreparedConversation:
     """One user turn: the uploaded images (in upload order), then the video, then the prompt text."""
     videos = [video] if video is not None else []

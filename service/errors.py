@@ -1,13 +1,15 @@
 """OpenAI-style errors: every failure leaves the gateway as `{"error": {message, type, param, code}}`.
 
 The `openai` client turns these into its typed exceptions (BadRequestError for 400,
-AuthenticationError for 401, UnprocessableEntityError for 422, RateLimitError for 429, ...), so clients of the gateway handle errors exactly as they would with OpenAI's API. Handlers
+AuthenticationError for 401, UnprocessableEntityError for 422, RateLimitError for 429, ...), so clients
+of the gateway handle errors exactly as they would with OpenAI's API. Handlers
 never echo a traceback: unexpected exceptions are logged here and answered with a generic 500.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -105,25 +107,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param
 
 
-# The API promises 400 for a bad VL-Cache policy or budget, whatever is wrong with it (a budget of 1.5
-# or of "lots"): type errors there are reported as bad values, not as schema errors.
-_VL_CACHE_CODES = {"policy": "invalid_policy", "budget": "invalid_budget"}
+def install_error_handlers(app: FastAPI, bad_value_code: Callable[[dict], str | None] | None = None) -> None:
+    """Route every exception type the gateway can meet to an OpenAI-style JSON body.
 
-
-def _vl_cache_code(error: dict) -> str | None:
-    """`invalid_policy` / `invalid_budget` / `invalid_vl_cache` for an error in VL-Cache options, else None."""
-    if error.get("type") == "extra_forbidden":
-        return None
-    loc = [str(part) for part in error.get("loc", ()) if part != "body"]
-    if loc[:1] == ["vl_cache"]:
-        return _VL_CACHE_CODES.get(loc[1] if len(loc) > 1 else "", "invalid_vl_cache")
-    if len(loc) == 1 and loc[0] in _VL_CACHE_CODES:  # the form fields of /v1/generate
-        return _VL_CACHE_CODES[loc[0]]
-    return None
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every exception type the gateway can meet to an OpenAI-style JSON body."""
+    `bad_value_code(pydantic_error)` names schema errors that the API reports as 400 bad values
+    rather than 422 (e.g. `service.vl_cache.error_code`: a budget of "lots" is `invalid_budget`).
+    """
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -135,7 +124,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if any(err.get("type") == "json_invalid" for err in exc.errors()):
             return InvalidRequest("the body is not valid JSON", code="invalid_json").response()
         message, param = _validation_message(exc)
-        codes = [_vl_cache_code(err) for err in exc.errors()]
+        codes = [bad_value_code(err) for err in exc.errors()] if bad_value_code else []
         if codes and all(codes):
             return InvalidRequest(message, param=param, code=codes[0]).response()
         return ValidationFailed(message, param=param, code="validation_error").response()

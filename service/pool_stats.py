@@ -4,7 +4,7 @@ Two sources:
 - SGLang 0.5.23's `GET /v1/loads` (always on, no `--enable-metrics` needed): used and total token
   slots, token usage, KV pool size in GB, running and waiting requests;
 - `plugin_layer_figures`: the VL-Cache plugin's per-layer physical pools (one free list per layer,
-  ARCHITECTURE.md). The plugin adds to each entry of `/server_info`'s `internal_states` a key
+  docs/architecture.md). The plugin adds to each entry of `/server_info`'s `internal_states` a key
   `"vl_cache": {"physical_slots_total": int, "physical_slots_used_per_layer": [int, ...], ...}`
   (radix_ext/sglang/compressor.py::pool_figures). Absent key (plugin not selected): no layer gauges.
 A scrape never fails because SGLang is down: `vlcache_backend_up` says so instead.

@@ -1,4 +1,7 @@
-"""Request and response bodies of the gateway's OpenAI-compatible chat API (pydantic models).
+"""Request and response bodies of the gateway's HTTP API (pydantic models): the wire schemas.
+
+Below every module that reads or writes them (`service.conversation`, `service.api.*`), so each
+imports them downward.
 
 The request is OpenAI's chat-completions body restricted to what the gateway implements, plus two
 extensions: a `video_url` content part and a top-level `vl_cache` object. Unknown fields are refused
@@ -10,9 +13,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.kv_report import KVCacheReport
+from service.vl_cache import VLCacheOptions
 
 
 class _Strict(BaseModel):
@@ -58,23 +62,6 @@ class Message(_Strict):
     name: str | None = None
 
 
-class VLCacheOptions(BaseModel):
-    """Per-request KV compression, forwarded to the plugin as `custom_params["vl_cache"]`.
-
-    `policy`: one of the server's allowed policies (default: the server's); `budget`: the fraction of
-    prompt tokens kept, 0 < budget <= 1. Further scalar options (e.g. `renormalize`) pass through to
-    the plugin. Types are checked here (422); values (policy name, budget range, option values) by
-    `service.sglang_request.resolve_vl_cache`, which answers 400 as the API promises for them.
-    """
-
-    model_config = ConfigDict(extra="allow")
-
-    policy: str | None = Field(default=None, description="VL-Cache policy, e.g. vlcache, full, snapkv")
-    budget: StrictFloat | None = Field(  # strict: `true` or "0.1" is a bad budget, not 1.0 or 0.1
-        default=None, description="kept fraction of prompt tokens", json_schema_extra={"exclusiveMinimum": 0, "maximum": 1}
-    )
-
-
 class StreamOptions(_Strict):
     include_usage: bool = False
 
@@ -88,7 +75,7 @@ class ChatCompletionRequest(_Strict):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=-1)  # SGLang extension; -1 = off
     ignore_eos: bool | None = None  # SGLang extension: generate exactly max_tokens (benchmarks)
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(default=None, description="at most 4")
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -97,13 +84,6 @@ class ChatCompletionRequest(_Strict):
     stream_options: StreamOptions | None = None
     user: str | None = None
     vl_cache: VLCacheOptions | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _few_stops(cls, value):
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
 
 
 # --- response -------------------------------------------------------------------------------------
@@ -229,9 +209,14 @@ ERROR_RESPONSES: dict = {
     400: _error("bad input: bad base64, undecodable media, bad policy/budget, unreadable JSON, too many media"),
     401: _error("missing or wrong API key (when VLCACHE_API_KEY is set)"),
     404: _error("unknown model"),
-    413: _error("request or media over a size limit (bytes, pixels, duration)"),
+    413: _error("request or media over a size limit (bytes, pixels, duration, visual tokens)"),
     415: _error("unsupported media type"),
     422: _error("the body does not fit the schema (wrong types, missing or unknown fields)"),
-    429: _error("in-flight limit reached; retry after the Retry-After header"),
-    503: _error("the SGLang backend is down or not ready"),
+    429: _error("in-flight limit reached, or SGLang's queue is full; retry after the Retry-After header"),
+    500: _error("a failure inside the gateway or the plugin (the server keeps serving)"),
+    502: _error("SGLang failed"),
+    503: _error("SGLang is down or not ready, or the gateway is stopping"),
+    504: _error("SGLang did not answer in time"),
 }
+# The two generation routes can answer every error above.
+GENERATION_ERRORS: dict = dict(ERROR_RESPONSES)

@@ -1,7 +1,10 @@
 """Run an SGLang server (with the vlcache plugin, loaded through its entry point) as a child process.
 
-The child binds to loopback, its log goes where the caller says (inherited by default), and
-`stop()` terminates its whole process group (SGLang spawns scheduler and detokenizer processes).
+The child binds to loopback and its log goes where the caller says (inherited by default).
+`stop()` asks SGLang's main process to shut down (SIGTERM: it drains, tells its scheduler to exit and
+reaps its children, which is a clean exit), and only SIGKILLs the process group if that takes longer
+than the grace period. Sending SIGTERM to the whole group instead kills the scheduler under the main
+process, which SGLang reads as a crash ("Triggering SIGQUIT", crash diagnostics, a 5 s sleep).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass
 class SGLangServerConfig:
-    """The command line of an SGLang server. Defaults: the CPU engine facts of SGLANG_CPU.md."""
+    """The command line of an SGLang server. Defaults: SGLang's CPU engine on the embedded tiny model."""
 
     model_path: str
     host: str = "127.0.0.1"
@@ -40,6 +43,12 @@ class SGLangServerConfig:
     # SGLang's request timestamps (first_token_latency, queue_time, e2e_latency) in meta_info, from
     # which the gateway reports the timings of plain answers; also SGLang's own /metrics.
     enable_metrics: bool = True
+    # SGLang's own warm-up request at start. On, `/health` answers 200 only after one real multimodal
+    # request went through, so the first client request does not pay the one-time cost, and SGLang
+    # waits for its HTTP socket before its post-warm-up `/freeze_gc` call. Off (`--skip-server-warmup`),
+    # SGLang posts `/freeze_gc` before its socket is bound and logs a ConnectionRefusedError traceback
+    # (harmless); the test tier starts servers without warm-up to save time.
+    server_warmup: bool = False
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -57,8 +66,9 @@ class SGLangServerConfig:
             "--context-length", str(self.context_length),
             "--max-total-tokens", str(self.max_total_tokens),
             "--max-running-requests", str(self.max_running_requests),
-            "--skip-server-warmup",
         ]  # fmt: skip
+        if not self.server_warmup:
+            args += ["--skip-server-warmup"]
         if self.kv_compression:
             args += ["--radix-cache-backend", "vlcache"]
         if self.enable_metrics:
@@ -96,7 +106,7 @@ class SGLangServer:
     def url(self) -> str:
         return self.config.url
 
-    def start(self) -> "SGLangServer":
+    def start(self) -> SGLangServer:
         env = self.config.env() | self._extra_env
         self.process = subprocess.Popen(
             self.config.argv(), env=env, stdout=self._log, stderr=subprocess.STDOUT if self._log else None,
@@ -104,44 +114,62 @@ class SGLangServer:
         )  # fmt: skip
         return self
 
-    def wait_healthy(self, timeout_s: float = 300.0, progress_every_s: float = 5.0) -> None:
-        """Poll `/health` until it answers 200; print a progress line while waiting."""
+    def wait_healthy(self, timeout_s: float = 300.0, progress_every_s: float = 5.0, progress=None) -> float:
+        """Poll `/health` until it answers 200; returns the seconds it took.
+
+        `progress(elapsed_s)` is called every `progress_every_s` while waiting (default: a printed line).
+        Raises RuntimeError if the process exits, TimeoutError after `timeout_s`.
+        """
+        if progress is None:
+
+            def progress(elapsed: float) -> None:
+                print(f"[vlcache] waiting for SGLang at {self.url} ... {elapsed:.0f}s", flush=True)
+
         start = last = time.monotonic()
-        with httpx.Client(timeout=5.0) as client:
+        with httpx.Client(timeout=5.0, trust_env=False) as client:
             while True:
                 if self.process is not None and self.process.poll() is not None:
                     raise RuntimeError(f"SGLang server exited with code {self.process.returncode} during start")
                 try:
                     if client.get(f"{self.url}/health").status_code == 200:
-                        print(f"[vlcache] SGLang is healthy at {self.url} ({time.monotonic() - start:.0f}s)", flush=True)
-                        return
+                        return time.monotonic() - start
                 except httpx.TransportError:
                     pass
                 now = time.monotonic()
                 if now - start > timeout_s:
                     raise TimeoutError(f"SGLang server not healthy after {timeout_s:.0f}s at {self.url}")
                 if now - last >= progress_every_s:
-                    print(f"[vlcache] waiting for SGLang at {self.url} ... {now - start:.0f}s", flush=True)
+                    progress(now - start)
                     last = now
                 time.sleep(0.5)
 
-    def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after `grace_s`."""
+    def abort_all(self) -> None:
+        """Abort every request SGLang holds (best effort), so its own drain at SIGTERM has nothing to wait for."""
+        try:
+            httpx.post(f"{self.url}/abort_request", json={"abort_all": True}, timeout=5.0, trust_env=False)
+        except httpx.HTTPError:
+            pass
+
+    def stop(self, grace_s: float = 15.0) -> bool:
+        """SIGTERM SGLang's main process, wait up to `grace_s` for it, then SIGKILL what is left of its
+        process group. True when it exited on its own within the grace period (a clean stop)."""
         if self.process is None or self.process.poll() is not None:
-            return
+            return True
         pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
+        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(grace_s)
+            clean = True
         except subprocess.TimeoutExpired:
-            pass
+            clean = False
         try:
-            os.killpg(pgid, signal.SIGKILL)  # children that outlived the parent
+            os.killpg(pgid, signal.SIGKILL)  # children that outlived the parent (none after a clean stop)
         except ProcessLookupError:
             pass
         self.process.wait()
+        return clean
 
-    def __enter__(self) -> "SGLangServer":
+    def __enter__(self) -> SGLangServer:
         self.start()
         try:
             self.wait_healthy()

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from service.admission import AdmissionLimiter
 from service.backend import Backend
 from service.config import GatewaySettings
-from service.errors import BackendError, ModelNotFound
+from service.errors import BackendError, MediaTooLarge, ModelNotFound
 from service.media.intake import MediaIntake
+from service.media.visual_tokens import VisualTokenCost
 from service.metrics import GatewayMetrics
 from service.prompt import ChatTemplate
 
@@ -32,6 +33,13 @@ class GatewayState:
     model_name: str | None = None
     # SGLang streams cumulative text unless started with --incremental-streaming-output.
     incremental_stream: bool = False
+    # The served model's visual-token rules and the per-request bound (None: no bound).
+    visual_cost: VisualTokenCost = field(default_factory=VisualTokenCost)
+    max_visual_tokens: int | None = None
+    # Set when a stop's drain time has run out: in-flight requests then end with 503 `server_stopping`
+    # (service.disconnect); `stopped_requests` counts them.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped_requests: int = 0
     _background: set = field(default_factory=set)
 
     @property
@@ -54,6 +62,24 @@ class GatewayState:
             raise ModelNotFound(
                 f"model {model!r} is not served here; use {self.model_name!r}", param="model", code="model_not_found"
             )
+
+    def check_visual_tokens(self, images, videos) -> int:
+        """The visual tokens of a request's prepared media; 413 `too_many_visual_tokens` over the bound."""
+        costs = [self.visual_cost.image(i.width, i.height) for i in images]
+        costs += [self.visual_cost.video(v.frames, v.width, v.height) for v in videos]
+        total = sum(costs)
+        if self.max_visual_tokens is not None and total > self.max_visual_tokens:
+            parts = " + ".join(str(c) for c in costs)
+            raise MediaTooLarge(
+                f"the images and videos of this request need {total} visual tokens ({parts}); this server accepts "
+                f"at most {self.max_visual_tokens} per request: send fewer or smaller images, or fewer frames",
+                code="too_many_visual_tokens",
+            )
+        return total
+
+    def note_stopped_request(self) -> None:
+        self.stopped_requests += 1
+        self.metrics.aborted.inc()
 
     def spawn(self, coro) -> None:
         """Run `coro` detached from the current request (e.g. an abort while the stream is cancelled)."""

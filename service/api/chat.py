@@ -13,30 +13,35 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from service import vl_cache
 from service.api.completion import finish_reason
-from service.api.schemas import ERROR_RESPONSES
 from service.api.pipeline import GenerationRun, StreamStart
-from service.api.schemas import AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice
 from service.api.streaming import ChatStream
 from service.conversation import prepare_conversation
-from service.sglang_request import SamplingOptions, resolve_vl_cache, sampling_params
+from service.schemas import GENERATION_ERRORS, AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice
+from service.sglang_request import SamplingOptions, sampling_params
 from service.state import GatewayState
 
 router = APIRouter()
+# `stream: true` answers Server-Sent Events of `chat.completion.chunk` instead of the JSON object.
+_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+CHAT_RESPONSES = {**GENERATION_ERRORS, 200: {"content": _STREAM, "description": "the completion, or its stream"}}
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERROR_RESPONSES)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=CHAT_RESPONSES)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     gw: GatewayState = request.app.state.gateway
     run = GenerationRun(gw, request, "chatcmpl")
     gw.check_model(body.model)
-    vl_cache = resolve_vl_cache(body.vl_cache.model_dump() if body.vl_cache else None, gw.settings)
+    options = vl_cache.resolve(body.vl_cache.model_dump() if body.vl_cache else None, gw.settings)
     settings = gw.settings
 
     def prepare():
-        return prepare_conversation(body.messages, gw.intake, settings.max_images_per_request, settings.max_videos_per_request)
+        return prepare_conversation(
+            body.messages, gw.intake, settings.max_images_per_request, settings.max_videos_per_request
+        )
 
-    outcome = await run.execute(prepare, sampling_params(SamplingOptions.of(body), vl_cache), stream=body.stream)
+    outcome = await run.execute(prepare, sampling_params(SamplingOptions.of(body), options), stream=body.stream)
     if isinstance(outcome, Response):
         return outcome  # the client left
     if isinstance(outcome, StreamStart):

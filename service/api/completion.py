@@ -19,10 +19,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from service.api.schemas import PromptTokensDetails, Timings, Usage
 from service.backend import error_from_backend
 from service.kv_report import KVCacheReport, parse_kv_report
 from service.metrics import GatewayMetrics
+from service.schemas import PromptTokensDetails, Timings, Usage
 
 
 @dataclass

@@ -15,38 +15,52 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
+from service import vl_cache
 from service.api.completion import finish_reason
 from service.api.pipeline import GenerationRun
-from service.api.schemas import ERROR_RESPONSES, Generation
 from service.conversation import prepare_uploads
-from service.sglang_request import SamplingOptions, resolve_vl_cache, sampling_params
+from service.schemas import GENERATION_ERRORS, Generation
+from service.sglang_request import SamplingOptions, sampling_params
 from service.state import GatewayState
 
 router = APIRouter()
 
 
-@router.post("/v1/generate", response_model=Generation, responses=ERROR_RESPONSES)
+# Optional form fields are typed without `| None` (their default is None all the same): a multipart
+# form cannot send a null, and the OpenAPI document must not promise that `budget=null` works.
+@router.post("/v1/generate", response_model=Generation, responses=GENERATION_ERRORS)
 async def generate(
     request: Request,
     prompt: Annotated[str, Form(min_length=1, description="the question or instruction")],
-    images: Annotated[list[UploadFile] | None, File(description="image files (PNG, JPEG, WebP, GIF); repeat the field for several")] = None,
-    video: Annotated[UploadFile | None, File(description="a video file (MP4/MOV, WebM/MKV)")] = None,
-    max_tokens: Annotated[int | None, Form(ge=1, description="default 256")] = None,
-    temperature: Annotated[float | None, Form(ge=0.0, le=2.0)] = None,
-    top_p: Annotated[float | None, Form(gt=0.0, le=1.0)] = None,
-    seed: Annotated[int | None, Form()] = None,
-    policy: Annotated[str | None, Form(description="VL-Cache policy (default: the server's)")] = None,
-    budget: Annotated[float | None, Form(description="kept fraction of prompt tokens, 0 < budget <= 1")] = None,
-    max_frames: Annotated[int | None, Form(ge=2, description="video: at most this many frames (lowers the server cap)")] = None,
-    fps: Annotated[float | None, Form(gt=0.0, description="video: at most this many frames per second (lowers the cap)")] = None,
-    model: Annotated[str | None, Form(description="the served model id (default: it)")] = None,
+    images: Annotated[
+        list[UploadFile], File(description="image files (PNG, JPEG, WebP, GIF); repeat the field for several")
+    ] = None,
+    video: Annotated[UploadFile, File(description="a video file (MP4/MOV, WebM/MKV)")] = None,
+    max_tokens: Annotated[int, Form(ge=1, description="default 256")] = None,
+    temperature: Annotated[float, Form(ge=0.0, le=2.0)] = None,
+    top_p: Annotated[float, Form(gt=0.0, le=1.0)] = None,
+    seed: Annotated[int, Form()] = None,
+    policy: Annotated[str, Form(description="VL-Cache policy (default: the server's)")] = None,
+    budget: Annotated[
+        float,
+        Form(description="kept fraction of prompt tokens, 0 < budget <= 1", json_schema_extra=vl_cache.BUDGET_SCHEMA),
+    ] = None,
+    max_frames: Annotated[
+        int, Form(ge=2, description="video: at most this many frames (lowers the server cap)")
+    ] = None,
+    fps: Annotated[
+        float, Form(gt=0.0, description="video: at most this many frames per second (lowers the cap)")
+    ] = None,
+    model: Annotated[str, Form(description="the served model id (default: it)")] = None,
 ) -> Response:
     gw: GatewayState = request.app.state.gateway
     run = GenerationRun(gw, request, "gen")
     gw.check_model(model)
     sent = None if policy is None and budget is None else {"policy": policy, "budget": budget}
-    vl_cache = resolve_vl_cache(sent, gw.settings)
-    sampling = sampling_params(SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed), vl_cache)
+    options = vl_cache.resolve(sent, gw.settings)
+    sampling = sampling_params(
+        SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed), options
+    )
     settings = gw.settings
     uploads = list(images or [])
 

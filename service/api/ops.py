@@ -11,33 +11,44 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
-from service.api.schemas import ERROR_RESPONSES, ModelCard, ModelList
 from service.errors import BackendError
 from service.pool_stats import refresh_pool_gauges
+from service.schemas import ERROR_RESPONSES, ModelCard, ModelList
 from service.state import GatewayState
 
 router = APIRouter()
 STARTED = int(time.time())
 
 
-@router.get("/health")
-async def health() -> dict:
-    return {"status": "ok"}
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
 
 
-@router.get("/ready")
-async def ready(request: Request) -> dict:
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    model: str
+
+
+@router.get("/health", response_model=Health)
+async def health() -> Health:
+    return Health()
+
+
+@router.get("/ready", response_model=Readiness, responses={503: ERROR_RESPONSES[503]})
+async def ready(request: Request) -> Readiness:
     gw: GatewayState = request.app.state.gateway
     gw.require_connected()
     if not await gw.backend.health():
         raise BackendError("SGLang is not healthy", code="backend_unavailable", status_code=503)
-    return {"status": "ready", "model": gw.model_name}
+    return Readiness(model=gw.model_name)
 
 
 @router.get("/v1/models", response_model=ModelList, responses={k: ERROR_RESPONSES[k] for k in (401, 503)})
@@ -47,7 +58,13 @@ async def models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(id=gw.model_name, created=STARTED)])
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}
+    },
+)
 async def metrics(request: Request) -> Response:
     gw: GatewayState = request.app.state.gateway
     with anyio.move_on_after(3.0):  # a stuck backend must not stall Prometheus

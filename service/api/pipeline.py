@@ -19,11 +19,11 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from service.api.completion import RequestClock, build_usage, record_usage
-from service.api.schemas import Usage
-from service.api.streaming import EventPump
+from service.api.events import EventPump
 from service.conversation import PreparedConversation
-from service.disconnect import ClientGone, DisconnectWatcher
+from service.disconnect import ClientGone, DisconnectWatcher, ServerStopping
 from service.errors import Overloaded
+from service.schemas import Usage
 from service.sglang_request import generate_payload
 from service.state import GatewayState
 
@@ -71,11 +71,12 @@ class GenerationRun:
             gw.metrics.rejected.labels(reason="overloaded").inc()
             raise
         gw.metrics.inflight.inc()
-        self.watcher = DisconnectWatcher(self.request)
+        self.watcher = DisconnectWatcher(self.request, gw.stopping)
         handed_over = False
         try:
             conversation = await self.watcher.race(prepare())
             self.clock.media_ms = conversation.media_ms
+            gw.check_visual_tokens(conversation.images, conversation.videos)
             # Rendering is pure CPU (jinja) but fast; a thread keeps long conversations off the loop.
             prompt = await anyio.to_thread.run_sync(gw.template.render, conversation.template_messages)
             payload = generate_payload(sampling, conversation, prompt, self.rid)
@@ -94,6 +95,10 @@ class GenerationRun:
             gw.metrics.aborted.inc()
             gw.spawn(gw.backend.abort(self.rid))
             return Response(status_code=CLIENT_CLOSED)
+        except ServerStopping:
+            gw.note_stopped_request()
+            gw.spawn(gw.backend.abort(self.rid))
+            raise
         finally:
             if not handed_over:
                 self.finish()

@@ -12,7 +12,6 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -21,42 +20,12 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
 from service.api.completion import build_usage, finish_reason, record_usage
-from service.api.schemas import ChatCompletionChunk, ChunkChoice, Delta
-from service.disconnect import ClientGone
+from service.api.events import EventPump
+from service.api.pipeline import GenerationRun
+from service.disconnect import ClientGone, ServerStopping
 from service.errors import APIError
+from service.schemas import ChatCompletionChunk, ChunkChoice, Delta
 from service.state import GatewayState
-
-_END = object()
-
-
-class EventPump:
-    """Consumes the backend stream in its own task (one task owns the HTTP stream start to end)."""
-
-    def __init__(self, events: AsyncIterator[dict]):
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self.task = asyncio.ensure_future(self._run(events))
-
-    async def _run(self, events: AsyncIterator[dict]) -> None:
-        try:
-            async for event in events:
-                self._queue.put_nowait(event)
-            self._queue.put_nowait(_END)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # delivered to the consumer, raised there
-            self._queue.put_nowait(exc)
-
-    async def next(self) -> dict | None:
-        """The next event; None at the end; raises the backend's error."""
-        item = await self._queue.get()
-        if item is _END:
-            return None
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self.task.cancel()
 
 
 class _CleanupStreamingResponse(StreamingResponse):
@@ -82,10 +51,10 @@ def _sse(payload: dict) -> bytes:
 class ChatStream:
     """One streaming chat completion, from its first SGLang event to `[DONE]`.
 
-    `run` is the request's `service.api.pipeline.GenerationRun` (rid, clock, watcher, `finish()`).
+    `run` is the request's `GenerationRun` (rid, clock, watcher, `finish()`).
     """
 
-    def __init__(self, gw: GatewayState, run, pump: EventPump, *, model: str, include_usage: bool):
+    def __init__(self, gw: GatewayState, run: GenerationRun, pump: EventPump, *, model: str, include_usage: bool):
         self.gw, self.run, self.pump = gw, run, pump
         self.watcher, self.clock, self.rid = run.watcher, run.clock, run.rid
         self.model, self.include_usage = model, include_usage
@@ -119,7 +88,7 @@ class ChatStream:
                 last = event
                 self._tokens_arrived(event)
                 text = event.get("text", "")
-                delta = text if self.gw.incremental_stream else text[len(sent_text):]
+                delta = text if self.gw.incremental_stream else text[len(sent_text) :]
                 sent_text = sent_text + delta if self.gw.incremental_stream else text
                 if delta:
                     yield self._chunk(Delta(content=delta))
@@ -131,11 +100,17 @@ class ChatStream:
             record_usage(self.gw.metrics, usage, self.clock)
             yield self._chunk(Delta(), reason or "stop")
             if self.include_usage:
-                chunk = ChatCompletionChunk(id=self.rid, created=self.created, model=self.model, choices=[], usage=usage)
+                chunk = ChatCompletionChunk(
+                    id=self.rid, created=self.created, model=self.model, choices=[], usage=usage
+                )
                 yield _sse(chunk.model_dump(mode="json"))
             yield b"data: [DONE]\n\n"
         except ClientGone:
             return  # close() aborts the SGLang request
+        except ServerStopping as exc:
+            self.gw.note_stopped_request()
+            yield _sse(exc.body())  # not completed: close() aborts the SGLang request
+            yield b"data: [DONE]\n\n"
         except APIError as exc:
             # The request ended inside SGLang (error event or abort): report it in-band.
             self._completed = True

@@ -56,7 +56,7 @@ class FetchPolicy:
     max_redirects: int = 3
 
     @classmethod
-    def from_settings(cls, settings) -> "FetchPolicy":
+    def from_settings(cls, settings) -> FetchPolicy:
         return cls(
             allow_urls=settings.allow_media_urls,
             allow_private=settings.allow_private_media_urls,
@@ -145,10 +145,14 @@ async def _vetted_target(url: str, policy: FetchPolicy, what: str) -> tuple[str,
     return pinned, host_header, host
 
 
-async def fetch_url(url: str, *, max_bytes: int, policy: FetchPolicy, client: httpx.AsyncClient, what: str) -> MediaBytes:
+async def fetch_url(
+    url: str, *, max_bytes: int, policy: FetchPolicy, client: httpx.AsyncClient, what: str
+) -> MediaBytes:
     """GET an http(s) URL under the SSRF policy, following at most `policy.max_redirects` redirects."""
     if not policy.allow_urls:
-        raise InvalidRequest(f"{what}: media URLs are disabled on this server; send a data: URL", code="media_url_not_allowed")
+        raise InvalidRequest(
+            f"{what}: media URLs are disabled on this server; send a data: URL", code="media_url_not_allowed"
+        )
     current = url
     for _ in range(policy.max_redirects + 1):
         pinned, host_header, sni = await _vetted_target(current, policy, what)
@@ -158,13 +162,17 @@ async def fetch_url(url: str, *, max_bytes: int, policy: FetchPolicy, client: ht
         try:
             response = await client.send(request, stream=True, follow_redirects=False)
         except httpx.HTTPError as exc:
-            raise InvalidRequest(f"{what}: fetching the URL failed ({type(exc).__name__})", code="media_fetch_failed") from None
+            raise InvalidRequest(
+                f"{what}: fetching the URL failed ({type(exc).__name__})", code="media_fetch_failed"
+            ) from None
         try:
             if response.is_redirect and "location" in response.headers:
                 current = urljoin(current, response.headers["location"])
                 continue
             if response.status_code != 200:
-                raise InvalidRequest(f"{what}: fetching the URL gave HTTP {response.status_code}", code="media_fetch_failed")
+                raise InvalidRequest(
+                    f"{what}: fetching the URL gave HTTP {response.status_code}", code="media_fetch_failed"
+                )
             declared = response.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise MediaTooLarge(f"{what}: larger than the limit of {max_bytes} bytes", code="media_too_large")
@@ -173,10 +181,14 @@ async def fetch_url(url: str, *, max_bytes: int, policy: FetchPolicy, client: ht
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
-                        raise MediaTooLarge(f"{what}: larger than the limit of {max_bytes} bytes", code="media_too_large")
+                        raise MediaTooLarge(
+                            f"{what}: larger than the limit of {max_bytes} bytes", code="media_too_large"
+                        )
                     chunks.append(chunk)
             except httpx.HTTPError as exc:
-                raise InvalidRequest(f"{what}: reading the URL failed ({type(exc).__name__})", code="media_fetch_failed") from None
+                raise InvalidRequest(
+                    f"{what}: reading the URL failed ({type(exc).__name__})", code="media_fetch_failed"
+                ) from None
             data = b"".join(chunks)
             if not data:
                 raise InvalidRequest(f"{what}: the URL returned no content", code="invalid_media")

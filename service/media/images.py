@@ -34,7 +34,7 @@ class ImageLimits:
     max_aspect_ratio: float = 200.0
 
     @classmethod
-    def from_settings(cls, settings) -> "ImageLimits":
+    def from_settings(cls, settings) -> ImageLimits:
         return cls(settings.max_image_bytes, settings.max_image_pixels, settings.max_image_aspect_ratio)
 
 
@@ -51,7 +51,9 @@ class PreparedImage:
         return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
 
 
-def prepare_image(data: bytes, limits: ImageLimits, what: str = "image", declared_type: str | None = None) -> PreparedImage:
+def prepare_image(
+    data: bytes, limits: ImageLimits, what: str = "image", declared_type: str | None = None
+) -> PreparedImage:
     """Validate `data` as an image under `limits` and return it as an upright RGB PNG.
 
     `declared_type` is the media type the client gave (data URL, upload, HTTP header), if any.
@@ -66,7 +68,9 @@ def prepare_image(data: bytes, limits: ImageLimits, what: str = "image", declare
         except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             if isinstance(exc, UnidentifiedImageError):
                 if declared_type in ACCEPTED_TYPES:
-                    raise InvalidRequest(f"{what}: cannot be decoded as {declared_type}", code="invalid_media") from None
+                    raise InvalidRequest(
+                        f"{what}: cannot be decoded as {declared_type}", code="invalid_media"
+                    ) from None
                 raise UnsupportedMediaType(
                     f"{what}: not a supported image{_declared(declared_type)} (accepted: PNG, JPEG, WebP, GIF)",
                     code="unsupported_media_type",
@@ -85,7 +89,9 @@ def prepare_image(data: bytes, limits: ImageLimits, what: str = "image", declare
             except (Image.DecompressionBombWarning, Image.DecompressionBombError):
                 raise MediaTooLarge(f"{what}: refused as a decompression bomb", code="image_too_large") from None
             except Exception:
-                raise InvalidRequest(f"{what}: cannot be decoded (corrupt or truncated)", code="invalid_media") from None
+                raise InvalidRequest(
+                    f"{what}: cannot be decoded (corrupt or truncated)", code="invalid_media"
+                ) from None
             source_format = img.format or "unknown"
     out = io.BytesIO()
     rgb.save(out, "PNG")

@@ -56,7 +56,9 @@ class MediaIntake:
         await self._client.aclose()
 
     def _url(self, url: str, max_bytes: int, what: str) -> Callable[[], Awaitable[MediaBytes]]:
-        return lambda: load_media_bytes(url, max_bytes=max_bytes, policy=self.fetch_policy, client=self._client, what=what)
+        return lambda: load_media_bytes(
+            url, max_bytes=max_bytes, policy=self.fetch_policy, client=self._client, what=what
+        )
 
     async def image(self, url: str, what: str) -> PreparedImage:
         return await self._image(self._url(url, self.image_limits.max_bytes, what), what)
@@ -64,20 +66,28 @@ class MediaIntake:
     async def image_upload(self, upload: Upload, what: str) -> PreparedImage:
         return await self._image(lambda: read_upload(upload, self.image_limits.max_bytes, what), what)
 
-    async def video(self, url: str, what: str, max_frames: int | None = None, fps: float | None = None) -> PreparedVideo:
+    async def video(
+        self, url: str, what: str, max_frames: int | None = None, fps: float | None = None
+    ) -> PreparedVideo:
         limits = self.video_limits.narrowed(max_frames=max_frames, fps=fps)
         return await self._video(self._url(url, limits.max_bytes, what), limits, what)
 
-    async def video_upload(self, upload: Upload, what: str, max_frames: int | None = None, fps: float | None = None) -> PreparedVideo:
+    async def video_upload(
+        self, upload: Upload, what: str, max_frames: int | None = None, fps: float | None = None
+    ) -> PreparedVideo:
         limits = self.video_limits.narrowed(max_frames=max_frames, fps=fps)
         return await self._video(lambda: read_upload(upload, limits.max_bytes, what), limits, what)
 
     async def _image(self, load, what: str) -> PreparedImage:
         limits = self.image_limits
-        return await self._run("image", load, lambda media: prepare_image(media.data, limits, what, media.declared_type))
+        return await self._run(
+            "image", load, lambda media: prepare_image(media.data, limits, what, media.declared_type)
+        )
 
     async def _video(self, load, limits: VideoLimits, what: str) -> PreparedVideo:
-        video = await self._run("video", load, lambda media: prepare_video(media.data, limits, what, media.declared_type))
+        video = await self._run(
+            "video", load, lambda media: prepare_video(media.data, limits, what, media.declared_type)
+        )
         self.metrics.video_frames.observe(video.frames)
         return video
 

@@ -47,7 +47,7 @@ class VideoLimits:
     max_decoded_frames: int
 
     @classmethod
-    def from_settings(cls, settings) -> "VideoLimits":
+    def from_settings(cls, settings) -> VideoLimits:
         return cls(
             max_bytes=settings.max_video_bytes,
             max_duration_s=settings.max_video_duration_s,
@@ -58,7 +58,7 @@ class VideoLimits:
             max_decoded_frames=settings.max_video_decoded_frames,
         )
 
-    def narrowed(self, max_frames: int | None = None, fps: float | None = None) -> "VideoLimits":
+    def narrowed(self, max_frames: int | None = None, fps: float | None = None) -> VideoLimits:
         """Per-request options may lower the sampling limits, never raise them."""
         return replace(
             self,
@@ -104,7 +104,9 @@ def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return w - w % 2, h - h % 2
 
 
-def prepare_video(data: bytes, limits: VideoLimits, what: str = "video", declared_type: str | None = None) -> PreparedVideo:
+def prepare_video(
+    data: bytes, limits: VideoLimits, what: str = "video", declared_type: str | None = None
+) -> PreparedVideo:
     """Validate `data` as a video under `limits`, sample its frames and re-encode them (see module doc).
 
     `declared_type` is the media type the client gave (data URL, upload, HTTP header), if any.
@@ -158,7 +160,9 @@ def _open(data: bytes, what: str, declared_type: str | None = None):
 def _video_stream(container, what: str):
     name = container.format.name
     if name not in ACCEPTED_CONTAINERS:
-        raise UnsupportedMediaType(f"{what}: container {name!r} is not accepted (MP4/MOV, WebM/MKV)", code="unsupported_media_type")
+        raise UnsupportedMediaType(
+            f"{what}: container {name!r} is not accepted (MP4/MOV, WebM/MKV)", code="unsupported_media_type"
+        )
     if not container.streams.video:
         raise UnsupportedMediaType(f"{what}: has no video stream", code="unsupported_media_type")
     stream = container.streams.video[0]

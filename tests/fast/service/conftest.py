@@ -8,10 +8,10 @@ import pytest
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from service.app import create_app
-from service.config import GatewaySettings
-from service.prompt import ChatTemplate
-from tests.fast.service.fake_backend import FakeBackend
+from service.app import create_app  # noqa: E402
+from service.config import GatewaySettings  # noqa: E402
+from service.prompt import ChatTemplate  # noqa: E402
+from tests.fast.service.fake_backend import FakeBackend  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -39,4 +39,3 @@ def make_client(chat_template, fake):
     yield make
     for client in clients:
         client.__exit__(None, None, None)
-

@@ -10,24 +10,17 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from radix_ext.contract import KVReport
 from service.errors import APIError
 
-# The plugin's report (radix_ext/sglang/compressor.py::compress_request), every field.
-REPORT = {
-    "policy": "vlcache",
-    "budget": 0.1,
-    "compressed": True,
-    "reason": "",
-    "prompt_tokens": 100,
-    "visual_tokens": 64,
-    "kept_tokens_per_layer": [15, 5],
-    "freed_slots_per_layer": [85, 95],
-    "layer_sparsity": [0.4, 0.9],
-    "kv_bytes_full": 102400,
-    "kv_bytes_kept": 10240,
-    "realized_budget": 0.1,
-    "scoring_ms": 1.5,
-}
+# The plugin's report, built through the wire contract the plugin builds it with (radix_ext/contract.py).
+REPORT = KVReport(
+    policy="vlcache", budget=0.1, compressed=True, reason="", prompt_tokens=100, visual_tokens=64,
+    kept_tokens_per_layer=[15, 5], freed_slots_per_layer=[85, 95], layer_sparsity=[0.4, 0.9],
+    kv_bytes_full=102400, kv_bytes_kept=10240, realized_budget=0.1, scoring_ms=1.5,
+).to_wire()  # fmt: skip
+# The same report as the gateway answers it (`usage.kv_cache`: every field, absent ones null).
+REPORT_AS_ANSWERED = KVReport.model_validate(REPORT).model_dump(mode="json")
 
 
 class FakeBackend:

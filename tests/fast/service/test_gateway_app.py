@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from service.errors import BackendError, InvalidRequest
-from tests.fast.service.fake_backend import REPORT
+from tests.fast.service.fake_backend import REPORT, REPORT_AS_ANSWERED
 from tests.fast.service.gateway_media import data_url, image_bytes, video_bytes
 from tests.fast.service.gateway_server import running_server
 
@@ -33,7 +33,7 @@ def test_plain_completion_shape_and_translation(make_client, fake):
     client = make_client()
     body = chat([image_part(), {"type": "video_url", "video_url": {"url": data_url(video_bytes(), "video/mp4")}},
                  {"type": "text", "text": "What is this?"}],
-                temperature=0.5, top_p=0.9, stop="END", seed=7, vl_cache={"policy": "vlcache", "budget": 0.25})  # fmt: skip
+                temperature=0.5, top_p=0.9, stop="END", seed=7, vl_cache={"policy": "vlcache", "budget": 0.25})  # fmt: skip  # noqa: E501
     resp = client.post("/v1/chat/completions", json=body)
     assert resp.status_code == 200, resp.text
     out = resp.json()
@@ -48,7 +48,10 @@ def test_plain_completion_shape_and_translation(make_client, fake):
 
     payload = fake.payloads[-1]
     assert payload["rid"] == out["id"]
-    assert "<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>What is this?" in payload["text"]
+    assert (
+        "<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>What is this?"
+        in payload["text"]
+    )
     assert payload["text"].endswith("<|im_start|>assistant\n")
     assert payload["image_data"][0].startswith("data:image/png;base64,")
     assert payload["video_data"][0].startswith("data:video/mp4;base64,")
@@ -69,7 +72,7 @@ def test_kv_report_is_forwarded_and_counted(make_client, fake):
     fake.meta_extra = {"vl_cache": REPORT}
     client = make_client()
     usage = client.post("/v1/chat/completions", json=chat()).json()["usage"]
-    assert usage["kv_cache"] == REPORT
+    assert usage["kv_cache"] == REPORT_AS_ANSWERED
     metrics = client.get("/metrics").text
     assert 'vlcache_kv_requests_total{compressed="true",policy="vlcache"} 1.0' in metrics
     assert "vlcache_kv_bytes_full_total 102400.0" in metrics and "vlcache_kv_bytes_kept_total 10240.0" in metrics
@@ -77,7 +80,7 @@ def test_kv_report_is_forwarded_and_counted(make_client, fake):
 
 def test_report_as_a_list_takes_the_last_entry(make_client, fake):
     fake.meta_extra = {"vl_cache": [None, {**REPORT, "budget": 0.5}, REPORT, None]}
-    assert make_client().post("/v1/chat/completions", json=chat()).json()["usage"]["kv_cache"] == REPORT
+    assert make_client().post("/v1/chat/completions", json=chat()).json()["usage"]["kv_cache"] == REPORT_AS_ANSWERED
 
 
 def test_malformed_report_is_null_not_an_error(make_client, fake):
@@ -112,20 +115,58 @@ BMP = data_url(image_bytes(fmt="BMP"), "image/bmp")
         (chat([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]), 400, "invalid_media"),
         (chat([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]), 400, "invalid_media_url"),
         (chat([{"type": "image_url", "image_url": {"url": "http://127.0.0.1:1/x.png"}}]), 400, "media_url_not_allowed"),
-        (chat([{"type": "video_url", "video_url": {"url": data_url(b"junk" * 100, "video/mp4")}}]), 400, "invalid_media"),
+        (
+            chat([{"type": "video_url", "video_url": {"url": data_url(b"junk" * 100, "video/mp4")}}]),
+            400,
+            "invalid_media",
+        ),
         # 415: a type the gateway does not take
         (chat([{"type": "image_url", "image_url": {"url": BMP}}]), 415, "unsupported_media_type"),
-        (chat([{"type": "image_url", "image_url": {"url": data_url(b"hello", "text/plain")}}]), 415, "unsupported_media_type"),
-        (chat([{"type": "video_url", "video_url": {"url": data_url(image_bytes(), "image/png")}}]), 415, "unsupported_media_type"),
+        (
+            chat([{"type": "image_url", "image_url": {"url": data_url(b"hello", "text/plain")}}]),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            chat([{"type": "video_url", "video_url": {"url": data_url(image_bytes(), "image/png")}}]),
+            415,
+            "unsupported_media_type",
+        ),
         # 413: over a size limit (the test settings allow 1 MB images)
-        (chat([{"type": "image_url", "image_url": {"url": data_url(b"x" * 1_100_000, "image/png")}}]), 413, "media_too_large"),
+        (
+            chat([{"type": "image_url", "image_url": {"url": data_url(b"x" * 1_100_000, "image/png")}}]),
+            413,
+            "media_too_large",
+        ),
         # 404
         ({**chat(), "model": "gpt-4"}, 404, "model_not_found"),
     ],
-    ids=["unknown-field", "n=2", "no-messages", "no-messages-field", "wrong-type", "unknown-part", "policy-type", "budget-type", "vl-cache-type",
-         "bad-policy", "bad-budget", "zero-budget", "nested-option", "media-in-assistant", "too-many-images",
-         "undecodable-png", "bad-base64", "ssrf", "undecodable-mp4", "bmp", "text-file", "image-as-video",
-         "image-too-big", "unknown-model"],  # fmt: skip
+    ids=[
+        "unknown-field",
+        "n=2",
+        "no-messages",
+        "no-messages-field",
+        "wrong-type",
+        "unknown-part",
+        "policy-type",
+        "budget-type",
+        "vl-cache-type",
+        "bad-policy",
+        "bad-budget",
+        "zero-budget",
+        "nested-option",
+        "media-in-assistant",
+        "too-many-images",
+        "undecodable-png",
+        "bad-base64",
+        "ssrf",
+        "undecodable-mp4",
+        "bmp",
+        "text-file",
+        "image-as-video",
+        "image-too-big",
+        "unknown-model",
+    ],  # fmt: skip
 )
 def test_bad_requests_are_openai_errors(make_client, fake, body, status, code):
     client = make_client(max_image_bytes=1_000_000)
@@ -144,7 +185,9 @@ def test_policy_or_budget_alone_completes_from_the_server_defaults(make_client, 
 
 
 def test_malformed_json_is_400(make_client):
-    resp = make_client().post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    resp = make_client().post(
+        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert_openai_error(resp, 400, "invalid_json")
 
 
@@ -156,9 +199,21 @@ def test_body_limit_is_413(make_client):
 @pytest.mark.parametrize(
     "error,status,code",
     [
-        (InvalidRequest("The input is longer than the context length", code="backend_rejected_request"), 400, "backend_rejected_request"),
-        (BackendError("SGLang is unreachable", status_code=503, code="backend_unavailable"), 503, "backend_unavailable"),
-        (BackendError("SGLang did not answer in time", status_code=504, code="backend_timeout"), 504, "backend_timeout"),
+        (
+            InvalidRequest("The input is longer than the context length", code="backend_rejected_request"),
+            400,
+            "backend_rejected_request",
+        ),
+        (
+            BackendError("SGLang is unreachable", status_code=503, code="backend_unavailable"),
+            503,
+            "backend_unavailable",
+        ),
+        (
+            BackendError("SGLang did not answer in time", status_code=504, code="backend_timeout"),
+            504,
+            "backend_timeout",
+        ),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True])
@@ -195,7 +250,7 @@ def test_stream_shape_and_usage(make_client, fake):
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hello world"
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["kv_cache"] == REPORT
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["kv_cache"] == REPORT_AS_ANSWERED
     assert chunks[-1]["usage"]["timings"]["ttft_ms"] is not None
 
 
@@ -230,7 +285,9 @@ def test_429_when_in_flight_limit_is_reached(make_client, fake, stream):
     client = make_client(max_inflight_requests=1, retry_after_s=3)
     fake.gate = threading.Event()
     first = {}
-    thread = threading.Thread(target=lambda: first.update(r=client.post("/v1/chat/completions", json=chat(stream=stream))))
+    thread = threading.Thread(
+        target=lambda: first.update(r=client.post("/v1/chat/completions", json=chat(stream=stream)))
+    )
     thread.start()
     try:
         deadline = time.monotonic() + 10
@@ -262,7 +319,7 @@ def test_health_ready_models(make_client, fake):
 def test_metrics_pool_gauges_and_layer_hook(make_client, fake):
     # The plugin's pool figures (radix_ext/sglang/compressor.py::pool_figures), as /server_info carries them.
     fake.server_info_json = {"internal_states": [{"vl_cache": {
-        "physical_slots_total": 1000, "physical_slots_used_per_layer": [30, 7], "logical_slots_used": 30}}]}  # fmt: skip
+        "physical_slots_total": 1000, "physical_slots_used_per_layer": [30, 7], "logical_slots_used": 30}}]}  # fmt: skip  # noqa: E501
     fake.meta_extra = {"vl_cache": [REPORT]}  # the plugin's one-element list
     client = make_client()
     client.post("/v1/chat/completions", json=chat())
@@ -271,7 +328,7 @@ def test_metrics_pool_gauges_and_layer_hook(make_client, fake):
         "vlcache_backend_up 1.0", "vlcache_kv_pool_used_tokens 50.0", "vlcache_kv_pool_capacity_tokens 1000.0",
         "vlcache_kv_pool_token_usage 0.05", "vlcache_backend_waiting_requests 2.0",
         'vlcache_kv_pool_layer_used_slots{layer="0"} 30.0', 'vlcache_kv_pool_layer_used_slots{layer="1"} 7.0',
-        'vlcache_kv_pool_layer_capacity_slots{layer="1"} 1000.0', 'vlcache_requests_total{endpoint="/v1/chat/completions",status="200"} 1.0',
+        'vlcache_kv_pool_layer_capacity_slots{layer="1"} 1000.0', 'vlcache_requests_total{endpoint="/v1/chat/completions",status="200"} 1.0',  # noqa: E501
         "vlcache_prompt_tokens_total 100.0", "vlcache_generation_tokens_total 3.0",
         "vlcache_visual_tokens_total 64.0",  # no image_tokens from SGLang here: the report's visual_tokens
         "vlcache_inter_token_latency_seconds_count 2.0",  # plain: the mean step, once per token after the first
@@ -328,7 +385,9 @@ def test_timings_of_a_plain_answer_come_from_sglangs_stamps(make_client, fake):
 def test_timings_of_a_stream_are_measured_by_the_gateway(make_client, fake):
     fake.step_s = 0.02
     client = make_client()
-    events = sse_events(client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True})).text)
+    events = sse_events(
+        client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True})).text
+    )
     timings = json.loads(events[-2])["usage"]["timings"]
     assert timings["ttft_ms"] >= 20 and timings["decode_ms"] >= 35  # 3 events 20 ms apart
     assert timings["output_tokens_per_s"] == pytest.approx(2000.0 / timings["decode_ms"], rel=1e-3)

@@ -65,7 +65,11 @@ def test_data_url_round_trip():
 
 @pytest.mark.parametrize(
     "url,declared",
-    [("data:Image/PNG;base64,aGk=", "image/png"), ("data:video/mp4;codecs=avc1;base64,aGk=", "video/mp4"), ("data:;base64,aGk=", None)],
+    [
+        ("data:Image/PNG;base64,aGk=", "image/png"),
+        ("data:video/mp4;codecs=avc1;base64,aGk=", "video/mp4"),
+        ("data:;base64,aGk=", None),
+    ],
 )
 def test_data_url_declared_type(url, declared):
     async def run():

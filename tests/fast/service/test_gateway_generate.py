@@ -5,7 +5,7 @@ The same route against the real SGLang engine: tests/integration/service/test_ga
 
 import pytest
 
-from tests.fast.service.fake_backend import REPORT
+from tests.fast.service.fake_backend import REPORT, REPORT_AS_ANSWERED
 from tests.fast.service.gateway_media import image_bytes, video_bytes
 from tests.fast.service.test_gateway_app import assert_openai_error
 
@@ -25,11 +25,20 @@ def test_images_and_video_become_one_user_turn(make_client, fake):
     out = resp.json()
     assert out["object"] == "generation" and out["text"] == "Hello world" and out["finish_reason"] == "length"
     assert resp.headers["x-request-id"] == out["id"] and out["model"] == "tiny-qwen2vl"
-    assert out["usage"]["kv_cache"] == REPORT and out["usage"]["total_tokens"] == 103
-    assert set(out["usage"]["timings"]) == {"media_ms", "queue_ms", "ttft_ms", "decode_ms", "e2e_ms", "output_tokens_per_s"}
+    assert out["usage"]["kv_cache"] == REPORT_AS_ANSWERED and out["usage"]["total_tokens"] == 103
+    assert set(out["usage"]["timings"]) == {
+        "media_ms",
+        "queue_ms",
+        "ttft_ms",
+        "decode_ms",
+        "e2e_ms",
+        "output_tokens_per_s",
+    }
 
     payload = fake.payloads[-1]
-    assert ("<|vision_start|><|image_pad|><|vision_end|>" * 2 + "<|vision_start|><|video_pad|><|vision_end|>What changed?") in payload["text"]
+    assert (
+        "<|vision_start|><|image_pad|><|vision_end|>" * 2 + "<|vision_start|><|video_pad|><|vision_end|>What changed?"
+    ) in payload["text"]
     assert len(payload["image_data"]) == 2 and len(payload["video_data"]) == 1
     assert payload["sampling_params"] == {
         "max_new_tokens": 5, "temperature": 0.0, "sampling_seed": 3,
@@ -40,7 +49,9 @@ def test_images_and_video_become_one_user_turn(make_client, fake):
 def test_prompt_only(make_client, fake):
     resp = make_client(default_policy="full").post("/v1/generate", data={"prompt": "Hi"})
     assert resp.status_code == 200, resp.text
-    assert "image_data" not in fake.payloads[-1] and fake.payloads[-1]["text"].endswith("Hi<|im_end|>\n<|im_start|>assistant\n")
+    assert "image_data" not in fake.payloads[-1] and fake.payloads[-1]["text"].endswith(
+        "Hi<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert fake.payloads[-1]["sampling_params"]["custom_params"] == {"vl_cache": {"policy": "full"}}
 
 
@@ -62,13 +73,30 @@ def test_prompt_only(make_client, fake):
         ({"prompt": "x"}, [("images", ("a.png", PNG, "image/png"))] * 3, 400, "too_many_media"),
         ({"prompt": "x", "model": "gpt-4"}, [], 404, "model_not_found"),
     ],
-    ids=["no-prompt", "empty-prompt", "bad-max-tokens", "budget-not-a-number", "budget-over-1", "budget-0",
-         "bad-policy", "text-file", "bmp", "image-as-video", "corrupt-png", "too-big", "too-many", "unknown-model"],  # fmt: skip
+    ids=[
+        "no-prompt",
+        "empty-prompt",
+        "bad-max-tokens",
+        "budget-not-a-number",
+        "budget-over-1",
+        "budget-0",
+        "bad-policy",
+        "text-file",
+        "bmp",
+        "image-as-video",
+        "corrupt-png",
+        "too-big",
+        "too-many",
+        "unknown-model",
+    ],  # fmt: skip
 )
 def test_bad_uploads(make_client, fake, data, files, status, code):
     client = make_client(max_image_bytes=1_000_000, max_images_per_request=2)
     assert_openai_error(client.post("/v1/generate", data=data, files=files or None), status, code)
-    assert client.post("/v1/generate", data={"prompt": "x"}, files=[("images", ("a.png", PNG, "image/png"))]).status_code == 200
+    assert (
+        client.post("/v1/generate", data={"prompt": "x"}, files=[("images", ("a.png", PNG, "image/png"))]).status_code
+        == 200
+    )
 
 
 def test_request_over_the_body_limit_is_413(make_client):

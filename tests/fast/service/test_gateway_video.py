@@ -50,7 +50,7 @@ def test_uniform_sampling_picks_the_right_frames():
     assert out.frames == 8
     picked = [int(round(f.to_ndarray(format="rgb24")[40, 80, 0] / 6)) for f in decoded_frames(out.mp4)]
     expected = [math.ceil((t - 1e-6) * 10) for t in sample_times(4.0, 8)]  # first frame at/after each centre
-    assert all(abs(p - e) <= 1 for p, e in zip(picked, expected)), (picked, expected)
+    assert all(abs(p - e) <= 1 for p, e in zip(picked, expected, strict=True)), (picked, expected)
     assert picked == sorted(picked)
 
 

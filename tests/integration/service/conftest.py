@@ -19,7 +19,6 @@ from service.config import GatewaySettings
 from tests.fast.service.gateway_server import running_server
 
 
-
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -63,7 +62,9 @@ def gateway(gateway_app):
 @pytest.fixture(scope="session")
 def strict_gateway(sglang_server):
     """A gateway with `VLCACHE_API_KEY` set and `VLCACHE_MAX_INFLIGHT_REQUESTS=1`."""
-    app = create_app(GatewaySettings(backend_url=sglang_server.url, api_key=API_KEY, max_inflight_requests=1, retry_after_s=2))
+    app = create_app(
+        GatewaySettings(backend_url=sglang_server.url, api_key=API_KEY, max_inflight_requests=1, retry_after_s=2)
+    )
     with running_server(app, ready_path="/ready", timeout_s=300) as url:
         yield url
 

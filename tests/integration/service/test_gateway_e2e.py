@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from service.cli import BANNER_END
 from service.sglang_process import free_port
 from tests.fast.service.gateway_media import data_url, image_bytes, video_bytes
 from tests.integration.conftest import data_url as png_data_url
@@ -19,7 +20,9 @@ MODEL = "tiny-qwen2vl"
 
 
 def image_message(url, text="Describe the image in one sentence."):
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}]
+    return [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}
+    ]
 
 
 RED = png_data_url(make_image((224, 224), (200, 30, 30)))
@@ -38,7 +41,9 @@ def test_image_chat_matches_sglangs_own_openai_endpoint(openai_client, client):
     timings = usage["timings"]
     assert 0 < timings["ttft_ms"] <= timings["e2e_ms"] and timings["queue_ms"] >= 0
     assert 0 < timings["decode_ms"] < timings["e2e_ms"]
-    assert timings["output_tokens_per_s"] == pytest.approx((resp.usage.completion_tokens - 1) / timings["decode_ms"] * 1000, rel=0.01)
+    assert timings["output_tokens_per_s"] == pytest.approx(
+        (resp.usage.completion_tokens - 1) / timings["decode_ms"] * 1000, rel=0.01
+    )
 
     theirs = client.post("/v1/chat/completions", json={
         "model": "default", "messages": image_message(RED), "max_tokens": 12, "temperature": 0}).json()  # fmt: skip
@@ -52,11 +57,16 @@ def test_streaming_equals_plain_and_reports_usage(openai_client):
     chunks = list(openai_client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == plain
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (["length"], ["stop"])
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (
+        ["length"],
+        ["stop"],
+    )
     usage = chunks[-1].usage
     assert usage.completion_tokens >= 1 and "kv_cache" in usage.model_extra
     timings = usage.model_extra["timings"]  # measured by the gateway as the tokens arrived
-    assert 0 < timings["ttft_ms"] < timings["e2e_ms"] and timings["decode_ms"] > 0 and timings["output_tokens_per_s"] > 0
+    assert (
+        0 < timings["ttft_ms"] < timings["e2e_ms"] and timings["decode_ms"] > 0 and timings["output_tokens_per_s"] > 0
+    )
 
 
 def test_vl_cache_options_are_accepted(openai_client):
@@ -106,19 +116,38 @@ def test_bad_input_suite(openai_client, media_server, gateway):
     ]
     with httpx.Client(base_url=gateway, timeout=120) as http:
         answers = [(status, code, http.post("/v1/chat/completions", json=body)) for status, code, body in chat_cases]
-        answers += [(status, code, http.post("/v1/generate", data=data, files=files)) for status, code, data, files in upload_cases]
-        answers.append((400, "invalid_json", http.post("/v1/chat/completions", content=b"{", headers={"content-type": "application/json"})))
+        answers += [
+            (status, code, http.post("/v1/generate", data=data, files=files))
+            for status, code, data, files in upload_cases
+        ]
+        answers.append(
+            (
+                400,
+                "invalid_json",
+                http.post("/v1/chat/completions", content=b"{", headers={"content-type": "application/json"}),
+            )
+        )
         for status, code, resp in answers:
             assert resp.status_code == status, (code, resp.text)
             error = resp.json()["error"]
-            assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["code"] == code, error
-        good = http.post("/v1/generate", data={"prompt": "Describe it.", "max_tokens": "2"}, files=[("images", ("red.png", PNG, "image/png"))])
+            assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["code"] == code, (
+                error
+            )
+        good = http.post(
+            "/v1/generate",
+            data={"prompt": "Describe it.", "max_tokens": "2"},
+            files=[("images", ("red.png", PNG, "image/png"))],
+        )
         assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] >= 1
     # The official client raises its typed errors for these statuses, and the gateway still serves it.
     with pytest.raises(openai.BadRequestError):
-        openai_client.chat.completions.create(model=MODEL, messages=image_message(RED), max_tokens=2, extra_body={"vl_cache": {"budget": 0}})
+        openai_client.chat.completions.create(
+            model=MODEL, messages=image_message(RED), max_tokens=2, extra_body={"vl_cache": {"budget": 0}}
+        )
     with pytest.raises(openai.UnprocessableEntityError):
-        openai_client.chat.completions.create(model=MODEL, messages=image_message(RED), max_tokens=2, extra_body={"tools_please": 1})
+        openai_client.chat.completions.create(
+            model=MODEL, messages=image_message(RED), max_tokens=2, extra_body={"tools_please": 1}
+        )
     assert openai_client.chat.completions.create(model=MODEL, messages=image_message(RED), max_tokens=2).choices
 
 
@@ -132,7 +161,7 @@ def test_video_chat(openai_client, codec, fmt, mime):
     # 6 frames -> 3 temporal patches (frames merge in pairs), each of the same spatial token count.
     fewer = openai_client.chat.completions.create(
         model=MODEL, max_tokens=4, temperature=0,
-        messages=[{"role": "user", "content": [{"type": "video_url", "video_url": {"url": data_url(clip, mime), "max_frames": 2}}]}],
+        messages=[{"role": "user", "content": [{"type": "video_url", "video_url": {"url": data_url(clip, mime), "max_frames": 2}}]}],  # noqa: E501
     )  # fmt: skip
     assert video_tokens == 3 * fewer.usage.prompt_tokens_details.model_extra["video_tokens"] > 0
 
@@ -164,7 +193,10 @@ def test_in_flight_limit_of_one_gives_429_with_retry_after(strict_gateway):
                            http.post("/v1/generate", data={"prompt": "hi", "max_tokens": "2"})):  # fmt: skip
                 assert second.status_code == 429, second.text
                 assert second.headers["retry-after"] == "2"
-                assert second.json()["error"]["type"] == "rate_limit_error" and second.json()["error"]["code"] == "too_many_requests"
+                assert (
+                    second.json()["error"]["type"] == "rate_limit_error"
+                    and second.json()["error"]["code"] == "too_many_requests"
+                )
         deadline = time.monotonic() + 30
         while "vlcache_inflight_requests 0.0" not in http.get("/metrics").text:
             assert time.monotonic() < deadline, "the slot was not released after the client left"
@@ -189,7 +221,7 @@ def test_metrics_and_probes(gateway, openai_client):
         text = http.get("/metrics").text
     for name in [  # counted after this session's traffic (earlier tests included)
         'vlcache_requests_total{endpoint="/v1/chat/completions",status="200"}',
-        "vlcache_e2e_request_latency_seconds_count{stream=\"true\"}", 'vlcache_e2e_request_latency_seconds_count{stream="false"}',
+        "vlcache_e2e_request_latency_seconds_count{stream=\"true\"}", 'vlcache_e2e_request_latency_seconds_count{stream="false"}',  # noqa: E501
         "vlcache_time_to_first_token_seconds_count", "vlcache_inter_token_latency_seconds_count",
         "vlcache_request_queue_time_seconds_count", "vlcache_prompt_tokens_total", "vlcache_visual_tokens_total",
         "vlcache_generation_tokens_total", 'vlcache_media_items_total{kind="image"}',
@@ -207,21 +239,23 @@ def test_cli_attaches_and_prints_working_examples(sglang_server, tmp_path):
     port = free_port()
     log = tmp_path / "cli.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--backend-url", sglang_server.url, "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--backend-url", sglang_server.url, "--port", str(port)],  # noqa: E501
                                 stdout=out, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while "Uvicorn running" not in log.read_text():
+        while BANNER_END not in log.read_text():  # printed once the socket is bound
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
         text = log.read_text()
         curl = next(line for line in text.splitlines() if line.startswith("curl "))
         answer = json.loads(subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=120).stdout)
         assert answer["choices"][0]["message"]["content"] is not None, answer
-        snippet = text.split("[vlcache] or with the openai Python client:", 1)[1].split("INFO:", 1)[0]
+        snippet = text.split("[vlcache] or with the openai Python client:", 1)[1].split(BANNER_END, 1)[0]
         run = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr[-2000:]
         assert "timings" in run.stdout
     finally:
         proc.terminate()
-        proc.wait(30)
+        code = proc.wait(30)
+    assert code == 0, log.read_text()[-2000:]  # SIGTERM with nothing in flight: a clean stop
+    assert "Traceback" not in log.read_text()

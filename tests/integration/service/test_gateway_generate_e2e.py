@@ -17,7 +17,7 @@ def test_image_upload_answers_like_the_chat_api(gateway, openai_client):
     """Same image, same question, greedy: the upload route and the chat route give the same answer
     (one intake, one prompt renderer, one SGLang path)."""
     with httpx.Client(base_url=gateway, timeout=180) as http:
-        resp = http.post("/v1/generate", data={"prompt": "What is in the picture?", "max_tokens": "6", "temperature": "0"},
+        resp = http.post("/v1/generate", data={"prompt": "What is in the picture?", "max_tokens": "6", "temperature": "0"},  # noqa: E501
                          files=[("images", ("photo.png", PNG, "image/png"))])  # fmt: skip
     assert resp.status_code == 200, resp.text
     out = resp.json()
@@ -50,7 +50,7 @@ def test_upload_with_vl_cache_options_reports_the_compression(vlcache_gateway):
     big = make_image((448, 448), (20, 120, 200), 1)  # 256 visual tokens: enough to compress
     png = base64.b64decode(data_url(big).split(",", 1)[1])
     with httpx.Client(base_url=vlcache_gateway, timeout=180) as http:
-        resp = http.post("/v1/generate", data={"prompt": "Describe the image.", "max_tokens": "3", "policy": "vlcache", "budget": "0.2"},
+        resp = http.post("/v1/generate", data={"prompt": "Describe the image.", "max_tokens": "3", "policy": "vlcache", "budget": "0.2"},  # noqa: E501
                          files=[("images", ("photo.png", png, "image/png"))])  # fmt: skip
     assert resp.status_code == 200, resp.text
     report = resp.json()["usage"]["kv_cache"]

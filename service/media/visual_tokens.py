@@ -1,0 +1,88 @@
+"""What an image or a video costs in visual tokens on a Qwen2-VL model, computed from its pixels.
+
+The gateway bounds the visual tokens of one request (`VLCACHE_MAX_VISUAL_TOKENS`, 413 beyond) before
+SGLang sees the media, so a request too large for the engine is refused with a message instead of
+costing the scheduler its memory. The figures follow the model's own processing:
+
+- an image of `W x H` is resized by Qwen2-VL's smart-resize (sides to multiples of `factor` = patch
+  size x merge size = 28 px, the pixel count clamped to the image processor's `[min_pixels,
+  max_pixels]`, from the model folder's processor config) and costs `(H'/28) x (W'/28)` tokens;
+- a video of `n` frames of `W x H` is resized by SGLang's Qwen-VL video loader (min `128 x 28 x 28`
+  px per frame, max `768 x 28 x 28` and a total budget over the frames), then by the video
+  processor's own bounds, and costs `(n / 2) x (H'/28) x (W'/28)` tokens (frames merge in pairs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+# Qwen2-VL's HF image processor defaults (used when the model folder says nothing).
+DEFAULT_MIN_PIXELS = 56 * 56
+DEFAULT_MAX_PIXELS = 28 * 28 * 16384
+# SGLang 0.5.23's Qwen-VL video loader (sglang/srt/multimodal/processors/qwen_vl.py).
+VIDEO_MIN_PIXELS = 128 * 28 * 28
+VIDEO_MAX_PIXELS = 768 * 28 * 28
+VIDEO_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)
+TEMPORAL_PATCH = 2
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: float) -> tuple[int, int]:
+    """Qwen2-VL's resize: both sides multiples of `factor`, pixel count within bounds, aspect kept."""
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def _bounds(config: dict) -> tuple[int, int]:
+    size = config.get("size") or {}
+    low = config.get("min_pixels") or size.get("shortest_edge") or DEFAULT_MIN_PIXELS
+    high = config.get("max_pixels") or size.get("longest_edge") or DEFAULT_MAX_PIXELS
+    return int(low), int(high)
+
+
+@dataclass(frozen=True)
+class VisualTokenCost:
+    """The resize rules of one model (see the module docstring)."""
+
+    factor: int = 28
+    image_min_pixels: int = DEFAULT_MIN_PIXELS
+    image_max_pixels: int = DEFAULT_MAX_PIXELS
+    video_min_pixels: int = DEFAULT_MIN_PIXELS
+    video_max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def from_model_dir(cls, path: str | Path) -> VisualTokenCost:
+        """From the model folder's `preprocessor_config.json` / `processor_config.json` (defaults if absent)."""
+        for name in ("processor_config.json", "preprocessor_config.json"):
+            file = Path(path) / name
+            if file.is_file():
+                config = json.loads(file.read_text())
+                image = config.get("image_processor", config)
+                video = config.get("video_processor", image)
+                factor = int(image.get("patch_size", 14)) * int(image.get("merge_size", 2))
+                (i_low, i_high), (v_low, v_high) = _bounds(image), _bounds(video)
+                return cls(factor, i_low, i_high, v_low, v_high)
+        return cls()
+
+    def image(self, width: int, height: int) -> int:
+        h, w = smart_resize(height, width, self.factor, self.image_min_pixels, self.image_max_pixels)
+        return (h // self.factor) * (w // self.factor)
+
+    def video(self, frames: int, width: int, height: int) -> int:
+        max_pixels = max(
+            min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / frames * TEMPORAL_PATCH), int(VIDEO_MIN_PIXELS * 1.05)
+        )
+        h, w = smart_resize(height, width, self.factor, VIDEO_MIN_PIXELS, max_pixels)  # SGLang's loader
+        h, w = smart_resize(h, w, self.factor, self.video_min_pixels, self.video_max_pixels)  # the HF processor
+        return math.ceil(frames / TEMPORAL_PATCH) * (h // self.factor) * (w // self.factor)
