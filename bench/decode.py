@@ -8,8 +8,8 @@ decode ms per step (see `bench/harness.py`), end to end for `--max-new-tokens` t
 after prefill, and the byte bound of the decode speedup, (W + b*KV) / (W + b*KV_kept): a step reads the
 weights W once and each request's KV.
 
-    .venv/bin/python bench/decode.py                 # the default grid (about 25 min on 2 idle cores)
-    .venv/bin/python bench/decode.py --lengths 4000 --batches 1 --max-new-tokens 32   # a quick look
+    .venv/bin/python -m bench.decode                 # the default grid (22 pairs)
+    .venv/bin/python -m bench.decode --lengths 4000 --batches 1 --max-new-tokens 32   # a quick look
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--full-grid-up-to", type=int, default=16000, help="longest prompt that runs every setting at batch 1"
     )
+    parser.add_argument("--batched-up-to", type=int, default=16000, help="longest prompt that runs batch > 1")
     parser.add_argument("--full-grid", action="store_true", help="every setting at every length and batch")
     add_attach_args(parser)
     parser.add_argument("--model", default=None, help="model folder (default: build the benchmark model)")
@@ -65,8 +66,14 @@ def main(argv=None) -> None:
     model = args.model or ensure_bench_qwen2vl()
     processor = AutoProcessor.from_pretrained(model)
     w_bytes, token_bytes = decode_bytes(model)
-    capacity = max(b * (n + args.max_new_tokens + 256) for n in args.lengths for b in args.batches)
-    plan = [(n, b, s) for n in args.lengths for b in args.batches for s in settings(args, n, b)]
+    plan = [
+        (n, b, s)
+        for n in args.lengths
+        for b in args.batches
+        if b == 1 or n <= args.batched_up_to
+        for s in settings(args, n, b)
+    ]
+    capacity = max(b * (n + args.max_new_tokens + 256) for n, b, _ in plan)
     progress(f"{len(plan)} pairs (stock, plugin) to run; KV pool {capacity} tokens per server")
 
     rows, seed = [], 0
@@ -96,6 +103,9 @@ def main(argv=None) -> None:
                     )
                 measured[side] = run_batch(url, bodies)
             rows.append(summarise(length, batch, policy, budget, measured, w_bytes, token_bytes))
+            write_json(
+                args.name, {"weights_bytes": w_bytes, "kv_bytes_per_token": token_bytes, "rows": rows}
+            )  # partial
             r = rows[-1]
             progress(
                 f"{i}/{len(plan)} {length} tok x{batch} {policy}@{budget}: decode {r['stock_step_ms']:.1f} -> "

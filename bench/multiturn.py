@@ -9,6 +9,8 @@ design at a time, designs interleaved chat by chat so machine noise hits all of 
     full         plugin, policy full (must match stock)
     lazy         plugin, vlcache @ budget, reuse lazy (the default: the prompt KV stays in the tree)
     off          plugin, vlcache @ budget, reuse off (the evicted tokens are freed at once)
+    snap-lazy    plugin, snapkv @ budget, reuse lazy (scores the last 32 prompt rows only)
+    stream-lazy  plugin, streamingllm @ budget, reuse lazy (scores nothing: reuse without scoring cost)
 
 Per turn: TTFT (SGLang's `first_token_latency`), cached tokens (SGLang's `cached_tokens`), prompt tokens,
 and the KV held between turns (token slots in use once the turn is done, averaged over layers: the radix
@@ -40,7 +42,7 @@ from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
 from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DESIGNS = ("stock", "full", "lazy", "off")
+DESIGNS = ("stock", "full", "lazy", "off", "snap-lazy", "stream-lazy")
 QUESTIONS = ("Describe what you see.", "Which part is the brightest?", "And what colour is the rest?")
 POOL_TOKENS = 6000
 
@@ -105,6 +107,8 @@ def _vl(design, budget):
         "full": {"policy": "full"},
         "lazy": {"policy": "vlcache", "budget": budget, "reuse": "lazy"},
         "off": {"policy": "vlcache", "budget": budget, "reuse": "off"},
+        "snap-lazy": {"policy": "snapkv", "budget": budget, "reuse": "lazy"},
+        "stream-lazy": {"policy": "streamingllm", "budget": budget, "reuse": "lazy"},
     }[design]
 
 
@@ -135,6 +139,8 @@ def run_chat(client, processor, design, media, args):
             "turn": t + 1, "ttft_ms": meta["first_token_latency"] * 1000.0, "cached_tokens": meta["cached_tokens"],
             "prompt_tokens": meta["prompt_tokens"], "held_slots_after": _held_slots(client, design),
         })  # fmt: skip
+        if design != "stock":
+            turns[-1]["scoring_ms"] = meta["vl_cache"][0]["scoring_ms"]
         if design == "lazy":
             kept = meta["vl_cache"][0]["kept_positions"]
             first_kept = first_kept or kept
@@ -191,7 +197,7 @@ def main() -> None:
         SGLangServer(plugin_cfg, log=logs[1], extra_env=env) as plugin,
     ):
         sc, pc = httpx.Client(base_url=stock.url, timeout=600), httpx.Client(base_url=plugin.url, timeout=600)
-        clients = {"stock": sc, "full": pc, "lazy": pc, "off": pc}
+        clients = {design: pc for design in DESIGNS} | {"stock": sc}
         for i in range(args.chats + 1):  # chat 0 warms both servers up (first multimodal request: one-time cost)
             for kind in ("image", "video"):
                 if kind == "image":
@@ -201,7 +207,8 @@ def main() -> None:
                     )
                 else:
                     media = (kind, [_mp4(i)])
-                order = DESIGNS[i % 4 :] + DESIGNS[: i % 4]  # rotate who goes first
+                k = i % len(DESIGNS)
+                order = DESIGNS[k:] + DESIGNS[:k]  # rotate who goes first
                 for design in order:
                     _flush(clients[design])
                     turns = run_chat(clients[design], processor, design, media, args)
@@ -225,7 +232,7 @@ def summarise(results):
             summary.setdefault((row["media"], row["design"], turn["turn"]), []).append(turn)
     print(f"\nmedians over {results['args']['chats']} chats per cell; pool {results['pool_tokens']} token slots")
     header = (
-        f"{'media':<6}{'turn':>5}{'design':>8}{'prompt':>8}{'cached':>8}{'TTFT ms':>9}{'/stock':>8}"
+        f"{'media':<6}{'turn':>5}{'design':>12}{'prompt':>8}{'cached':>8}{'TTFT ms':>9}{'/stock':>8}{'/full':>7}{'score ms':>9}"
         f"{'KV held after':>15}{'kept overlap t1':>17}"
     )
     print(header)
@@ -236,12 +243,21 @@ def summarise(results):
     ):
         med = {
             k: statistics.median(c.get(k, float("nan")) for c in cells)
-            for k in ("prompt_tokens", "cached_tokens", "ttft_ms", "held_slots_after", "kept_overlap_turn1")
+            for k in (
+                "prompt_tokens",
+                "cached_tokens",
+                "ttft_ms",
+                "scoring_ms",
+                "held_slots_after",
+                "kept_overlap_turn1",
+            )
         }
         out[(media, design, turn)] = med
         stock_ttft = statistics.median(c["ttft_ms"] for c in summary[(media, "stock", turn)])
-        print(f"{media:<6}{turn:>5}{design:>8}{med['prompt_tokens']:>8.0f}{med['cached_tokens']:>8.0f}"
-              f"{med['ttft_ms']:>9.1f}{med['ttft_ms'] / stock_ttft:>8.2f}{med['held_slots_after']:>15.0f}"
+        full_ttft = statistics.median(c["ttft_ms"] for c in summary[(media, "full", turn)])
+        print(f"{media:<6}{turn:>5}{design:>12}{med['prompt_tokens']:>8.0f}{med['cached_tokens']:>8.0f}"
+              f"{med['ttft_ms']:>9.1f}{med['ttft_ms'] / stock_ttft:>8.2f}{med['ttft_ms'] / full_ttft:>7.2f}"
+              f"{med['scoring_ms']:>9.1f}{med['held_slots_after']:>15.0f}"
               f"{med['kept_overlap_turn1']:>17.2f}")  # fmt: skip
     print("\npressure (plugin, lazy, distinct one-image requests):")
     for row in results["pressure"]:
@@ -260,11 +276,12 @@ def _plot(results, summary) -> None:
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     turns = sorted({t for (_, _, t) in summary})
-    width = 0.2
+    width = 0.8 / len(DESIGNS)
+    offset = (len(DESIGNS) - 1) / 2
     for ax, media in zip(axes[:2], ("image", "video"), strict=True):
         for i, design in enumerate(DESIGNS):
             ax.bar(
-                [t + (i - 1.5) * width for t in turns],
+                [t + (i - offset) * width for t in turns],
                 [summary[(media, design, t)]["ttft_ms"] for t in turns],
                 width,
                 label=design,
@@ -274,7 +291,7 @@ def _plot(results, summary) -> None:
     ax = axes[2]
     for i, design in enumerate(DESIGNS):
         ax.bar(
-            [t + (i - 1.5) * width for t in turns],
+            [t + (i - offset) * width for t in turns],
             [summary[("image", design, t)]["cached_tokens"] for t in turns],
             width,
             label=design,

@@ -106,7 +106,7 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def _train_tokenizer(spec: TinyQwen2VLSpec):
+def _train_tokenizer(spec: TinyQwen2VLSpec, training_text=TRAINING_TEXT):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -119,7 +119,7 @@ def _train_tokenizer(spec: TinyQwen2VLSpec):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    tok.train_from_iterator(training_text, trainer=trainer)
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -161,14 +161,18 @@ def _config(spec: TinyQwen2VLSpec, tokenizer):
         temporal_patch_size=2,
         initializer_range=spec.initializer_range,
     )
-    return Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    ), text, rope
+    return (
+        Qwen2VLConfig(
+            text_config=text,
+            vision_config=vision,
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+        ),
+        text,
+        rope,
+    )
 
 
 def _patch_config_for_sglang(path: Path, text: dict, rope: dict) -> None:
@@ -194,6 +198,12 @@ def _patch_config_for_sglang(path: Path, text: dict, rope: dict) -> None:
 
 def build_tiny_qwen2vl(out_dir: str | Path, spec: TinyQwen2VLSpec = TinyQwen2VLSpec()) -> Path:
     """Write model, tokenizer, processor and chat template to `out_dir` (replaced if present)."""
+    model, processor = new_qwen2vl(spec)
+    return save_qwen2vl(model, processor, out_dir, spec)
+
+
+def new_qwen2vl(spec: TinyQwen2VLSpec, training_text=TRAINING_TEXT):
+    """A seeded, untrained Qwen2-VL of `spec` and its processor (tokenizer trained on `training_text`)."""
     import torch
     from transformers import (
         Qwen2VLForConditionalGeneration,
@@ -202,9 +212,8 @@ def build_tiny_qwen2vl(out_dir: str | Path, spec: TinyQwen2VLSpec = TinyQwen2VLS
         Qwen2VLVideoProcessor,
     )
 
-    out_dir = Path(out_dir)
-    tokenizer = _train_tokenizer(spec)
-    config, text, rope = _config(spec, tokenizer)
+    tokenizer = _train_tokenizer(spec, training_text)
+    config, _, _ = _config(spec, tokenizer)
     torch.manual_seed(spec.seed)
     model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
 
@@ -218,14 +227,21 @@ def build_tiny_qwen2vl(out_dir: str | Path, spec: TinyQwen2VLSpec = TinyQwen2VLS
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
+    return model, processor
 
+
+def save_qwen2vl(model, processor, out_dir: str | Path, spec: TinyQwen2VLSpec, stamp: dict | None = None) -> Path:
+    """Save `model` + `processor` with SGLang's config keys into `out_dir` (atomically replaced);
+    `stamp` (default: the spec) goes to vlcache_spec.json."""
+    out_dir = Path(out_dir)
+    _, text, rope = _config(spec, processor.tokenizer)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-qwen2vl-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         tmp.chmod(0o755)
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         _patch_config_for_sglang(tmp / "config.json", text, rope)
-        (tmp / "vlcache_spec.json").write_text(json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n")
+        (tmp / "vlcache_spec.json").write_text(json.dumps(stamp or asdict(spec), indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)

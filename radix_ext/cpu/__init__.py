@@ -1,7 +1,7 @@
 """CPU-only support for running SGLang 0.5.23 on a machine without a GPU.
 
 PyPI gives a CPU machine neither torchvision's C++ operators nor SGLang's CPU kernel package
-(`sgl_kernel`). This package closes both gaps (see ../shared/design/SGLANG_CPU.md):
+(`sgl_kernel`). This package closes both gaps (docs/cpu_engine.md):
 
 - `torchvision_ops`: defines the `torchvision::nms` / `torchvision::qnms` operator schemas that the
   CUDA build of torchvision expects to find, so `import torchvision` works with CPU torch.

@@ -28,7 +28,7 @@ def assign_req_to_token_pool_cpu(
     del max_context_len  # the row width; slicing already bounds the write
     starts, ends, rows = start_offset.tolist(), end_offset.tolist(), req_pool_indices.tolist()
     cursor = 0
-    for row, start, end in zip(rows, starts, ends):
+    for row, start, end in zip(rows, starts, ends, strict=True):
         n = end - start
         req_to_token[row, start:end] = out_cache_loc[cursor : cursor + n].to(req_to_token.dtype)
         cursor += n
@@ -38,8 +38,8 @@ def copy_all_layer_kv_cache_cpu(
     data_ptrs: torch.Tensor, strides: torch.Tensor, tgt_loc: torch.Tensor, src_loc: torch.Tensor
 ) -> None:
     """Copy slot `src_loc[i]` to slot `tgt_loc[i]` in every buffer (raw pointers, row size in bytes)."""
-    pairs = list(zip(tgt_loc.tolist(), src_loc.tolist()))
-    for ptr, stride in zip(data_ptrs.tolist(), strides.tolist()):
+    pairs = list(zip(tgt_loc.tolist(), src_loc.tolist(), strict=True))
+    for ptr, stride in zip(data_ptrs.tolist(), strides.tolist(), strict=True):
         for tgt, src in pairs:
             ctypes.memmove(ptr + tgt * stride, ptr + src * stride, stride)
 
@@ -88,4 +88,4 @@ class CpuOpNamespace:
 def install_op_namespace() -> None:
     """Make `torch.ops.sgl_kernel` the stand-in namespace (idempotent)."""
     if not isinstance(torch.ops.__dict__.get("sgl_kernel"), CpuOpNamespace):
-        setattr(torch.ops, "sgl_kernel", CpuOpNamespace())
+        torch.ops.sgl_kernel = CpuOpNamespace()

@@ -9,11 +9,12 @@ from typing import ClassVar
 
 import torch
 
+from radix_ext.contract import check_budget  # one budget rule for the policies and the gateway (re-exported)
 from radix_ext.policy.layout import PromptLayout
 from radix_ext.policy.selection import Selection, keep_all
 from radix_ext.policy.stats import DEFAULT_SPARSITY_THRESHOLD, LayerStats
 
-DEFAULT_MIN_PROMPT_TOKENS = 64  # spec section 4 (decision): shorter prompts are not compressed
+DEFAULT_MIN_PROMPT_TOKENS = 64  # docs/algorithm.md section 4 (decision): shorter prompts are not compressed
 
 
 @dataclass
@@ -23,6 +24,10 @@ class Policy(ABC):
     An engine asks `query_rows(layout)` which prompt rows it needs statistics for, computes one
     `attention_stats` per layer over those rows (with `sparsity_threshold`), and calls `select` once,
     after prefill, to learn which prompt positions each layer keeps.
+
+    Options of every policy: `min_prompt_tokens` (int >= 0, default 64: shorter prompts are left
+    whole), `sparsity_threshold` (`p` in (0, 1), default 0.01: the cutoff of the layer sparsity).
+    Subclasses add theirs as dataclass fields; `get_policy` refuses any other name.
     """
 
     name: ClassVar[str]
@@ -87,12 +92,9 @@ def require_number(policy, name: str, low: float, high: float, open_low=False, o
 
 def require_bool(policy, name: str) -> None:
     if not isinstance(getattr(policy, name), bool):
-        raise ValueError(f"option {name} of policy {policy.name!r} must be true or false, got {getattr(policy, name)!r}")
-
-
-def check_budget(budget: float) -> None:
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < float(budget) <= 1.0:
-        raise ValueError(f"budget must be a number in (0, 1], got {budget!r}")
+        raise ValueError(
+            f"option {name} of policy {policy.name!r} must be true or false, got {getattr(policy, name)!r}"
+        )
 
 
 _REGISTRY: dict[str, type[Policy]] = {}
@@ -108,7 +110,7 @@ def available_policies() -> list[str]:
 
 
 def get_policy(name: str, **options) -> Policy:
-    """The policy `name` with `options` (each defaults to the spec's value). Unknown names or options
+    """The policy `name` with `options` (defaults: docs/algorithm.md section 5). Unknown names or options
     raise ValueError naming what is allowed."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown policy {name!r}; available: {', '.join(available_policies())}")

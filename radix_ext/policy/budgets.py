@@ -1,4 +1,4 @@
-"""Per-layer budgets: how many prompt tokens each layer keeps (spec section 2).
+"""Per-layer budgets: how many prompt tokens each layer keeps (docs/algorithm.md section 2).
 
 Every policy ends in `allocate_counts`: integer counts `k[l]` proportional to per-layer weights, within
 `[lo, hi]`, summing exactly to the total. Uniform budgets are equal weights, VL-Cache's are layer
@@ -11,7 +11,7 @@ import math
 
 import torch
 
-MIN_LAYER_FRACTION = 0.01  # spec: beta[l] >= 0.01
+MIN_LAYER_FRACTION = 0.01  # the paper: beta[l] >= 0.01
 MAX_LAYER_FRACTION = 1.0
 
 
@@ -79,22 +79,41 @@ def uniform_counts(num_layers: int, alpha: float, num_tokens: int) -> list[int]:
     return allocate_counts(torch.ones(num_layers), total_budget(alpha, num_layers, num_tokens), lo, hi)
 
 
-def sparsity_fractions(layer_sparsity: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The paper's `beta[l] = clip(dens[l] / Z * alpha * L, 0.01, 1)` with `dens = 1 - gamma` (unrounded)."""
-    dens = _densities(layer_sparsity)
-    L = dens.numel()
-    return (dens / dens.sum() * alpha * L).clamp(MIN_LAYER_FRACTION, MAX_LAYER_FRACTION)
+def sparsity_fractions(layer_sparsity: torch.Tensor, alpha: float, blend: float = 1.0) -> torch.Tensor:
+    """The paper's `beta[l] = clip(dens[l] / Z * alpha * L, 0.01, 1)` with `dens = 1 - gamma` (unrounded);
+    with `blend < 1`, `dens / Z` is replaced by `blended_weights` (0 = uniform)."""
+    w = blended_weights(layer_sparsity, blend)
+    L = w.numel()
+    return (w / w.sum() * alpha * L).clamp(MIN_LAYER_FRACTION, MAX_LAYER_FRACTION)
 
 
-def sparsity_counts(layer_sparsity: torch.Tensor, alpha: float, num_tokens: int, renormalize: bool) -> list[int]:
+def sparsity_counts(
+    layer_sparsity: torch.Tensor, alpha: float, num_tokens: int, renormalize: bool, blend: float = 1.0
+) -> list[int]:
     """VL-Cache's per-layer counts. `renormalize=True` (our default) hits `round(alpha*L*m)` exactly;
-    `False` reproduces the paper literally: `k[l] = max(1, floor(beta[l] * m))`."""
+    `False` reproduces the paper literally: `k[l] = max(1, floor(beta[l] * m))`. `blend` as in
+    `blended_weights` (1.0, the default, is the paper's split)."""
     if not renormalize:
-        beta = sparsity_fractions(layer_sparsity, alpha)
+        beta = sparsity_fractions(layer_sparsity, alpha, blend)
         return [max(1, math.floor(float(b) * num_tokens)) for b in beta]
     lo, hi = count_bounds(num_tokens)
     L = layer_sparsity.numel()
-    return allocate_counts(_densities(layer_sparsity), total_budget(alpha, L, num_tokens), lo, hi)
+    return allocate_counts(blended_weights(layer_sparsity, blend), total_budget(alpha, L, num_tokens), lo, hi)
+
+
+def blended_weights(layer_sparsity: torch.Tensor, blend: float) -> torch.Tensor:
+    """Per-layer budget weights `blend * dens / sum(dens) + (1 - blend) / L`.
+
+    1 is the paper's sparsity-aware split, 0 uniform budgets; in between, each layer's share moves
+    linearly from `1/L` to its density share (a re-implementation found the paper's split starves later
+    layers, and mostly-uniform budgets did better). At 1 the densities are returned as they are, so
+    the default is bit-identical to the unblended code."""
+    if not 0.0 <= blend <= 1.0:
+        raise ValueError(f"blend must be in [0, 1], got {blend!r}")
+    dens = _densities(layer_sparsity)
+    if blend == 1.0:
+        return dens
+    return blend * dens / dens.sum() + (1.0 - blend) / dens.numel()
 
 
 def _densities(layer_sparsity: torch.Tensor) -> torch.Tensor:

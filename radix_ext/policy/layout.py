@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
-# Spec section 4 (decision): a prompt that ends on a visual token scores with its last 32 rows.
+# docs/algorithm.md section 4 (decision): a prompt that ends on a visual token scores with its last 32 rows.
 TAIL_ROWS_WHEN_NO_TEXT_AFTER_VISION = 32
 
 
@@ -27,7 +28,7 @@ class PromptLayout:
         for s, e in spans:
             if not 0 <= s < e <= num_tokens:
                 raise ValueError(f"visual span [{s}, {e}) is empty or outside the prompt [0, {num_tokens})")
-        for (_, end), (start, _) in zip(spans, spans[1:]):
+        for (_, end), (start, _) in pairwise(spans):
             if start < end:
                 raise ValueError(f"visual spans overlap at position {start}")
         object.__setattr__(self, "num_tokens", int(num_tokens))
@@ -43,11 +44,11 @@ class PromptLayout:
 
     @property
     def post_vision_start(self) -> int | None:
-        """`v` of the spec: the first position after the last visual token (None without visual tokens)."""
+        """`v` of docs/algorithm.md: the first position after the last visual token (None without visual tokens)."""
         return self.visual_spans[-1][1] if self.visual_spans else None
 
     def post_vision_rows(self) -> torch.Tensor:
-        """`P` of the spec: `[v, m)`, or the last `min(32, m)` rows when the prompt ends on a visual token.
+        """`P` of docs/algorithm.md: `[v, m)`, or the last `min(32, m)` rows when the prompt ends on a visual token.
 
         Empty when the prompt has no visual token (VL-Cache then does not compress).
         """

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-RECENT_WINDOW_FRACTION = 0.1  # spec section 3: w[l] = ceil(0.1 * k[l]) most recent tokens always kept
+RECENT_WINDOW_FRACTION = 0.1  # docs/algorithm.md section 3: w[l] = ceil(0.1 * k[l]) most recent tokens always kept
 
 
 @dataclass
@@ -15,7 +15,8 @@ class Selection:
     """Which prompt positions each layer keeps, plus the figures behind the choice.
 
     `keep[l]`: sorted, unique CPU `LongTensor` of kept prompt positions in layer `l` (all of `[0, m)`
-    when `compressed` is False), whatever device the statistics were computed on. `layer_budgets[l]` = `len(keep[l])` = `k[l]`.
+    when `compressed` is False), whatever device the statistics were computed on.
+    `layer_budgets[l]` = `len(keep[l])` = `k[l]`.
     """
 
     policy: str

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_SPARSITY_THRESHOLD = 0.01  # spec section 1: p
+DEFAULT_SPARSITY_THRESHOLD = 0.01  # docs/algorithm.md section 1: p
 
 
 @dataclass
@@ -20,7 +20,7 @@ class LayerStats:
     """Statistics of one layer over `num_rows` query rows and `num_keys` prompt keys.
 
     `sparsity`: `[H]` float32, per query head, the fraction of causal entries whose attention is below
-    `p` times their row's max (spec section 1); None when computed over zero rows.
+    `p` times their row's max (docs/algorithm.md section 1); None when computed over zero rows.
     `column_sums`: `[H, num_keys]` float32, attention each key received, summed over the rows.
     """
 

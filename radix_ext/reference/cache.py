@@ -70,7 +70,7 @@ class CompressibleCache(DynamicCache):
             raise RuntimeError(f"no attention stats for layers {missing}: prefill did not run through the hooks")
         self.selection = self.policy.select(self.stats, self.layout, self.budget)
         if self.selection.compressed:
-            for layer, keep in zip(self.layers, self.selection.keep):
+            for layer, keep in zip(self.layers, self.selection.keep, strict=True):
                 layer.keep_prompt_positions(keep, self.layout.num_tokens)
         self.stats = [None] * len(self.layers)  # the column sums are no longer needed
         return self.selection

@@ -26,12 +26,15 @@ class ReferenceResult:
     physical_lengths: list[int]  # per layer, at the end of generation (kept prompt + decoded tokens)
     kv_bytes_full: int  # prompt KV of all layers before compression
     kv_bytes_kept: int  # prompt KV of all layers after compression
+    logprobs: list[float]  # log-softmax of the raw logits at each generated token (as SGLang's greedy logprobs)
 
 
 def prompt_layout(model, input_ids: torch.Tensor) -> PromptLayout:
     """The layout of a Qwen2-VL-style prompt: runs of image/video placeholder tokens are visual spans."""
     config = model.config
-    visual_ids = [i for i in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)) if i is not None]
+    visual_ids = [
+        i for i in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)) if i is not None
+    ]
     ids = input_ids[0]
     return PromptLayout(int(ids.numel()), visual_spans_from_ids(ids, visual_ids))
 
@@ -76,6 +79,8 @@ def generate_from_inputs(model, inputs, policy="vlcache", budget=0.1, max_new_to
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
                 logits_processor=LogitsProcessorList([_CompressAfterPrefill(cache)]),
+                output_logits=True,
+                return_dict_in_generate=True,
             )
     finally:
         for hook in hooks:
@@ -84,13 +89,16 @@ def generate_from_inputs(model, inputs, policy="vlcache", budget=0.1, max_new_to
     selection = cache.compress()  # no-op unless generation stopped before the first decode step
     m = layout.num_tokens
     per_token = 2 * text_config.num_key_value_heads * _head_dim(text_config) * _dtype_bytes(model)
+    tokens = out.sequences[0, m:]
+    logprobs = [float(torch.log_softmax(step[0].float(), -1)[t]) for step, t in zip(out.logits, tokens, strict=True)]
     return ReferenceResult(
-        tokens=out[0, m:].tolist(),
+        tokens=tokens.tolist(),
         selection=selection,
         prompt_tokens=m,
         physical_lengths=cache.physical_lengths(),
         kv_bytes_full=per_token * m * text_config.num_hidden_layers,
         kv_bytes_kept=per_token * sum(selection.layer_budgets),
+        logprobs=logprobs,
     )
 
 

@@ -2,8 +2,10 @@
 
 `VLCACHE_POLICY` (default `vlcache`), `VLCACHE_BUDGET` (default 0.1), `VLCACHE_POLICY_OPTIONS` (a JSON
 object of policy options), `VLCACHE_LOGICAL_SLOTS_FACTOR` (logical slots per physical slot, default 4:
-logical slots are cheap indices; compressed requests keep theirs while freeing physical ones).
-A request overrides policy, budget and options with `custom_params: {"vl_cache": {...}}`.
+logical slots are cheap indices; compressed requests keep theirs while freeing physical ones),
+`VLCACHE_REUSE` (what a compressed request leaves for a follow-up turn, `lazy` or `off`, default `lazy`:
+see `docs/multiturn.md`). A request overrides policy, budget, options and reuse with
+`custom_params: {"vl_cache": {...}}`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from radix_ext.contract import REQUEST_KEY  # noqa: F401  in custom_params (options in) and meta_info (report out)
+
 RADIX_CACHE_BACKEND = "vlcache"
 ATTENTION_BACKEND = "vlcache_torch_native"
-REQUEST_KEY = "vl_cache"  # in custom_params (options in) and meta_info (report out)
+TRITON_ATTENTION_BACKEND = "vlcache_triton"  # SGLang's Triton kernels, per-layer views: the CUDA default
+# lazy: the prompt's full KV goes to the radix tree as evictable cache, the request reads a private copy
+# of its kept tokens; off: the evicted tokens' slots are freed at once and nothing enters the tree.
+REUSE_MODES = ("lazy", "off")
 
 
 @dataclass(frozen=True)
@@ -24,9 +31,10 @@ class VLCacheDefaults:
     budget: float = 0.1
     options: dict = field(default_factory=dict)
     logical_slots_factor: int = 4
+    reuse: str = "lazy"
 
     @classmethod
-    def from_env(cls, environ=os.environ) -> "VLCacheDefaults":
+    def from_env(cls, environ=os.environ) -> VLCacheDefaults:
         options = json.loads(environ.get("VLCACHE_POLICY_OPTIONS", "{}"))
         if not isinstance(options, dict):
             raise ValueError("VLCACHE_POLICY_OPTIONS must be a JSON object")
@@ -35,6 +43,7 @@ class VLCacheDefaults:
             budget=float(environ.get("VLCACHE_BUDGET", cls.budget)),
             options=options,
             logical_slots_factor=int(environ.get("VLCACHE_LOGICAL_SLOTS_FACTOR", cls.logical_slots_factor)),
+            reuse=environ.get("VLCACHE_REUSE", cls.reuse),
         )
 
 

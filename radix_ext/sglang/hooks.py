@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from radix_ext.sglang.config import ATTENTION_BACKEND, RADIX_CACHE_BACKEND, REQUEST_KEY, server_defaults
+from radix_ext.sglang.config import (
+    ATTENTION_BACKEND,
+    RADIX_CACHE_BACKEND,
+    REQUEST_KEY,
+    TRITON_ATTENTION_BACKEND,
+    server_defaults,
+)
+from radix_ext.sglang.cpu_vision_attention import segmented_vision_sdpa  # noqa: F401  (a hook of HOOKS)
 
 logger = logging.getLogger("radix_ext.sglang")
 
@@ -22,45 +29,86 @@ def vlcache_selected() -> bool:
 # --- start-up: ServerArgs.resolve_once (BEFORE), in the launcher --------------------------------------
 
 
+# Every ServerArgs field the plugin reads or sets. They are read directly (SGLang is pinned); this list
+# is checked first, so a field renamed by an SGLang upgrade fails the start loudly instead of passing.
+SERVER_ARGS_FIELDS = (
+    "radix_cache_backend", "speculative_algorithm", "page_size", "disable_radix_cache",
+    "enable_hierarchical_cache", "tp_size", "dp_size", "pp_size", "disaggregation_mode",
+    "enable_torch_compile", "kv_canary", "attention_backend", "prefill_attention_backend",
+    "decode_attention_backend", "enable_mixed_chunk", "disable_overlap_schedule",
+    "cuda_graph_backend_decode", "cuda_graph_backend_prefill",
+)  # fmt: skip
+
+
+def missing_server_args_fields(server_args) -> list[str]:
+    return [name for name in SERVER_ARGS_FIELDS if not hasattr(server_args, name)]
+
+
 def check_server_args(server_args, *args, **kwargs):
     """Refuse setups the layer-wise KV design cannot serve; turn off what it cannot run with (once)."""
-    if getattr(server_args, "radix_cache_backend", None) != RADIX_CACHE_BACKEND:
+    missing = missing_server_args_fields(server_args)
+    if missing:
+        raise RuntimeError(
+            f"vlcache: SGLang's ServerArgs has no field(s) {missing}, which the plugin relies on; "
+            "is the pinned SGLang version installed?"
+        )
+    if server_args.radix_cache_backend != RADIX_CACHE_BACKEND:
         return None
+    # SGLang itself reads this private marker with a default (it only exists once resolution ran).
     if getattr(server_args, "_resolution_finished", False):
         return None  # resolved (and checked) already; the record is read-only now
     problems = []
-    if getattr(server_args, "speculative_algorithm", None):
+    if server_args.speculative_algorithm:
         problems.append("speculative decoding (--speculative-algorithm)")
-    if (getattr(server_args, "page_size", None) or 1) != 1:
+    if (server_args.page_size or 1) != 1:
         problems.append("--page-size > 1")
-    if getattr(server_args, "disable_radix_cache", False):
+    if server_args.disable_radix_cache:
         problems.append("--disable-radix-cache (the vlcache tree is the radix cache)")
-    if getattr(server_args, "enable_hierarchical_cache", False):
+    if server_args.enable_hierarchical_cache:
         problems.append("hierarchical KV cache (--enable-hierarchical-cache)")
-    if any((getattr(server_args, name, 1) or 1) > 1 for name in ("tp_size", "dp_size", "pp_size")):
+    if any((getattr(server_args, name) or 1) > 1 for name in ("tp_size", "dp_size", "pp_size")):
         problems.append("tensor/data/pipeline parallelism (v1 is single-GPU/CPU)")
-    if (getattr(server_args, "disaggregation_mode", "null") or "null") != "null":
+    if (server_args.disaggregation_mode or "null") != "null":
         problems.append("prefill/decode disaggregation (KV transfer would ship logical slot ids)")
-    if getattr(server_args, "enable_torch_compile", False):
+    if server_args.enable_torch_compile:
         problems.append("--enable-torch-compile")
-    if (getattr(server_args, "kv_canary", "none") or "none") != "none":
+    if (server_args.kv_canary or "none") != "none":
         problems.append("--kv-canary (it reads KV by logical slot)")
-    for flag in ("attention_backend", "prefill_attention_backend", "decode_attention_backend"):
-        backend = getattr(server_args, flag, None)
-        if backend not in (None, "torch_native", ATTENTION_BACKEND):
-            problems.append(f"--{flag.replace('_', '-')} {backend} (use {ATTENTION_BACKEND})")
+    flags = ("attention_backend", "prefill_attention_backend", "decode_attention_backend")
+    triton, ours = {"triton", TRITON_ATTENTION_BACKEND}, f"{ATTENTION_BACKEND} or {TRITON_ATTENTION_BACKEND}"
+    named = {getattr(server_args, flag) for flag in flags} - {None}
+    for flag in flags:
+        backend = getattr(server_args, flag)
+        if backend not in (None, "torch_native", ATTENTION_BACKEND, *triton):
+            problems.append(f"--{flag.replace('_', '-')} {backend} (use {ours})")
+    if named & triton and named - triton:
+        problems.append(f"attention backends {sorted(named)} mixed (use one: {ours})")
     if problems:
         raise ValueError(f"--radix-cache-backend {RADIX_CACHE_BACKEND} cannot run with: " + "; ".join(problems))
-    server_args.attention_backend = ATTENTION_BACKEND
+    # Triton (its decode under CUDA graphs) where asked, or by default on CUDA; torch-native elsewhere.
+    # `device` is resolved after this hook: None means SGLang's auto-detection (CUDA when available).
+    device = getattr(server_args, "device", None)
+    if named:
+        use_triton = bool(named & triton)
+    elif device is None:
+        import torch
+
+        use_triton = torch.cuda.is_available()
+    else:
+        use_triton = str(device).startswith("cuda")
+    backend = TRITON_ATTENTION_BACKEND if use_triton else ATTENTION_BACKEND
+    server_args.attention_backend = backend
     server_args.prefill_attention_backend = server_args.decode_attention_backend = None
     server_args.enable_mixed_chunk = False  # a mixed batch would run compressed decodes as an extend
     server_args.disable_overlap_schedule = True
-    server_args.cuda_graph_backend_decode = "disabled"
-    server_args.cuda_graph_backend_prefill = "disabled"
+    if not use_triton:  # vlcache_triton captures decode graphs (fixed per-layer index buffers)
+        server_args.cuda_graph_backend_decode = "disabled"
+    server_args.cuda_graph_backend_prefill = "disabled"  # prefill scores rows with host-side plans
     logger.warning(
         "vlcache: per-request KV compression on (attention backend %s); overlap scheduling, mixed chunks "
-        "and CUDA graphs are off",
-        ATTENTION_BACKEND,
+        "and %s are off",
+        backend,
+        "prefill CUDA graphs" if use_triton else "CUDA graphs",
     )
     return None
 
@@ -116,12 +164,13 @@ def plan_request(scheduler, req, *args, **kwargs):
     except (ValueError, TypeError) as error:  # options come from clients: never let them reach the forward
         req.set_finish_with_abort(f"invalid {REQUEST_KEY} options: {error}")
         return None
-    if plan.will_compress and (getattr(req.sampling_params, "beam_width", None) or 1) > 1:
+    if plan.will_compress and (req.sampling_params.beam_width or 1) > 1:
         # Beam members share the leader's prompt row without a view of their own.
         req.set_finish_with_abort(f"{REQUEST_KEY} compression does not support beam search; use policy 'full'")
         return None
     pool.plans[req.rid] = plan
-    # A compressed request's KV is not the KV of its token key: it must never enter the tree.
+    # A compressed request's decode KV is computed over a compressed context, not the KV of its tokens: it
+    # must never enter the tree. Its prompt KV is exact: `reuse: lazy` hands it over at compression.
     req.skip_radix_cache_insert = req.skip_radix_cache_insert or plan.will_compress
     return None
 
@@ -145,16 +194,19 @@ def compress_after_prefill(original, self, batch, result, *args, **kwargs):
             plan = pool.plans.get(req.rid)
             if plan is None or req.inflight_middle_chunks > 0 or req.finished() or req.to_finish is not None:
                 continue
-            if getattr(req, "is_retracted", False):
+            if req.is_retracted:
                 continue
             pool.plans.pop(req.rid, None)  # done: later forwards of this request need no scoring
             try:
-                report = compress_request(req, plan, pool, allocator, req_to_token)
-            except Exception as error:  # fail this request, keep the server: it never enters the tree
+                report = compress_request(req, plan, pool, allocator, req_to_token, self.tree_cache)
+            except Exception as error:  # fail this request, keep the server (its row is freed at abort)
                 logger.exception("vlcache: compression failed for request %s", req.rid)
                 req.to_finish = FINISH_ABORT(f"{REQUEST_KEY} compression failed: {error}", 500, "InternalServerError")
                 continue
             req.customized_info = {**(req.customized_info or {}), REQUEST_KEY: [report]}
+        # The most requests holding KV at once (a request slot each) peaks right after a prefill.
+        req_pool = self.tree_cache.req_to_token_pool
+        pool.peak_requests = max(getattr(pool, "peak_requests", 0), req_pool.size - req_pool.available_size())
     return original(self, batch, result, *args, **kwargs)
 
 
@@ -182,6 +234,9 @@ def add_pool_figures(result, scheduler, *args, **kwargs):
         figures = pool_figures(allocator.get_kvcache(), allocator)
         running = getattr(scheduler, "running_batch", None)
         figures["running_requests"] = len(running.reqs) if running is not None else 0
+        figures["tree_cached_slots"] = scheduler.tree_cache.total_size()  # prompts kept for follow-up turns
+        figures["tree_evictable_slots"] = scheduler.tree_cache.evictable_size()
+        figures["peak_running_requests"] = getattr(allocator.get_kvcache(), "peak_requests", 0)  # since start
         result.internal_state[REQUEST_KEY] = figures
     return result
 

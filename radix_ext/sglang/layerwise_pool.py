@@ -46,6 +46,11 @@ class LayerwiseKVPool(MHATokenToKVPool):
     def physical_indices(self, layer_id: int, logical: torch.Tensor) -> torch.Tensor:
         return self.slot_table.physical(layer_id - self.start_layer, logical)
 
+    def copy_slots(self, layer: int, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy layer `layer`'s (0-based) K/V from physical slots `src` to physical slots `dst`."""
+        self.k_buffer[layer][dst] = self.k_buffer[layer][src]
+        self.v_buffer[layer][dst] = self.v_buffer[layer][src]
+
     def token_bytes_per_layer(self) -> int:
         """K and V bytes of one token in one layer."""
         k, v = self.k_buffer[0], self.v_buffer[0]

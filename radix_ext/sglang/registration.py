@@ -42,11 +42,12 @@ def _register_backends_and_hooks() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from radix_ext.sglang import hooks
-    from radix_ext.sglang.config import ATTENTION_BACKEND, RADIX_CACHE_BACKEND
+    from radix_ext.sglang.config import ATTENTION_BACKEND, RADIX_CACHE_BACKEND, TRITON_ATTENTION_BACKEND
 
     register_radix_cache_backend(RADIX_CACHE_BACKEND, _create_radix_cache)
     register_attention_backend(ATTENTION_BACKEND)(_create_attention_backend)
-    add_attention_backend_choices([ATTENTION_BACKEND])
+    register_attention_backend(TRITON_ATTENTION_BACKEND)(_create_triton_attention_backend)
+    add_attention_backend_choices([ATTENTION_BACKEND, TRITON_ATTENTION_BACKEND])
     for target, name, hook_type in HOOKS:
         HookRegistry.register(target, getattr(hooks, name), HookType[hook_type])
 
@@ -57,7 +58,9 @@ def verify_hooks_applied() -> None:
 
     missing = [target for target, _, _ in HOOKS if target not in HookRegistry._patched]
     if missing:
-        raise RuntimeError(f"vlcache: SGLang did not apply the plugin's hooks on {missing}; is sglang=={PINNED_SGLANG_VERSION}?")
+        raise RuntimeError(
+            f"vlcache: SGLang did not apply the plugin's hooks on {missing}; is sglang=={PINNED_SGLANG_VERSION}?"
+        )
 
 
 def _create_radix_cache(ctx):
@@ -80,16 +83,20 @@ def _create_radix_cache(ctx):
     verify_hooks_applied()
     _check_defaults()
     if not isinstance(ctx.params.token_to_kv_pool_allocator, LayerwiseTokenAllocator):
-        raise ValueError("--radix-cache-backend vlcache needs the layer-wise KV allocator; this model/setup is not supported")
+        raise ValueError(
+            "--radix-cache-backend vlcache needs the layer-wise KV allocator; this model/setup is not supported"
+        )
     return VLCacheRadixCache(ctx.params)
 
 
 def _check_defaults() -> None:
     """A bad server-wide default fails the start, not every request."""
     from radix_ext.policy import check_budget, get_policy
-    from radix_ext.sglang.config import server_defaults
+    from radix_ext.sglang.config import REUSE_MODES, server_defaults
 
     defaults = server_defaults()
+    if defaults.reuse not in REUSE_MODES:
+        raise ValueError(f"VLCACHE_REUSE must be one of {list(REUSE_MODES)}, got {defaults.reuse!r}")
     get_policy(defaults.policy, **defaults.options)
     check_budget(defaults.budget)
     if defaults.logical_slots_factor < 1:
@@ -100,6 +107,12 @@ def _create_attention_backend(model_runner):
     from radix_ext.sglang.attention_backend import VLCacheTorchNativeBackend
 
     return VLCacheTorchNativeBackend(model_runner)
+
+
+def _create_triton_attention_backend(model_runner):
+    from radix_ext.sglang.triton_backend import VLCacheTritonBackend
+
+    return VLCacheTritonBackend(model_runner)
 
 
 def _process_title() -> str:
@@ -123,7 +136,11 @@ def _write_marker() -> None:
 # (dotted target, hook function name in radix_ext.sglang.hooks, hook type name)
 HOOKS = (
     ("sglang.srt.server_args.ServerArgs.resolve_once", "check_server_args", "BEFORE"),
-    ("sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_mha_kv_pool", "build_mha_kv_pool", "AROUND"),
+    (
+        "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_mha_kv_pool",
+        "build_mha_kv_pool",
+        "AROUND",
+    ),
     (
         "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_token_to_kv_pool_allocator",
         "build_token_to_kv_pool_allocator",
@@ -139,6 +156,8 @@ HOOKS = (
     ("sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class", "output_streamer_class", "REPLACE"),
     ("sglang.srt.managers.scheduler.Scheduler.get_internal_state", "add_pool_figures", "AFTER"),
     ("sglang.srt.managers.scheduler.Scheduler._release_aborted_request", "forget_aborted_plan", "AFTER"),
+    # CPU engine only (a no-op elsewhere), plugin selected or not: per-image vision attention.
+    ("sglang.srt.layers.attention.vision.VisionSdpaAttention.forward", "segmented_vision_sdpa", "AROUND"),
 )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from radix_ext.policy import LayerStats, Policy, PromptLayout, check_budget, get_policy, merge_layer_stats
-from radix_ext.sglang.config import REQUEST_KEY, VLCacheDefaults
+from radix_ext.sglang.config import REQUEST_KEY, REUSE_MODES, VLCacheDefaults
 
 
 @dataclass
@@ -24,6 +24,8 @@ class CompressionPlan:
     rows: torch.Tensor
     skip_reason: str
     report_kept: bool = False  # also return the kept positions per layer (for research and tests)
+    reuse: str = "lazy"  # one of REUSE_MODES: what a compressed request leaves in the tree (docs/multiturn.md)
+    client_skip_insert: bool = False  # SGLang's skip_radix_cache_insert before the plan set it
     parts: list[list[LayerStats]] = field(default_factory=list)
     scoring_s: float = 0.0
 
@@ -54,8 +56,21 @@ class CompressionPlan:
         return out
 
 
-def parse_request_options(custom_params: dict | None, defaults: VLCacheDefaults) -> tuple[Policy, float, bool]:
-    """The policy, budget and `report_kept` flag a request asks for; ValueError saying what is allowed."""
+@dataclass(frozen=True)
+class RequestOptions:
+    policy: Policy
+    budget: float
+    report_kept: bool = False
+    reuse: str = "lazy"
+
+
+def parse_request_options(custom_params: dict | None, defaults: VLCacheDefaults) -> RequestOptions:
+    """What a request's `custom_params["vl_cache"]` asks for, server defaults filling the gaps.
+
+    Keys: `policy`, `budget`, `report_kept` (bool), `reuse` (one of `REUSE_MODES`), and the policy's own
+    options. Options given without a `policy` extend the server's default options. Raises ValueError
+    (TypeError for a bad option type) saying what is allowed.
+    """
     raw = (custom_params or {}).get(REQUEST_KEY)
     if raw is None:
         raw = {}
@@ -65,6 +80,9 @@ def parse_request_options(custom_params: dict | None, defaults: VLCacheDefaults)
     report_kept = options.pop("report_kept", False)
     if not isinstance(report_kept, bool):
         raise ValueError("report_kept must be true or false")
+    reuse = options.pop("reuse", defaults.reuse)
+    if reuse not in REUSE_MODES:
+        raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {reuse!r}")
     name = options.pop("policy", None)
     budget = options.pop("budget", None)
     if name is None:
@@ -72,7 +90,7 @@ def parse_request_options(custom_params: dict | None, defaults: VLCacheDefaults)
     budget = defaults.budget if budget is None else budget
     policy = get_policy(name, **options)
     check_budget(budget)
-    return policy, float(budget), report_kept
+    return RequestOptions(policy, float(budget), report_kept, reuse)
 
 
 def prompt_layout_of(req) -> PromptLayout:
@@ -80,7 +98,7 @@ def prompt_layout_of(req) -> PromptLayout:
     m = len(req.origin_input_ids)
     spans = []
     mm = getattr(req, "multimodal_inputs", None)
-    for item in (mm.mm_items if mm is not None else []):
+    for item in mm.mm_items if mm is not None else []:
         for start, end in item.offsets or []:
             if start < m:
                 spans.append((int(start), min(int(end) + 1, m)))
@@ -98,11 +116,13 @@ def _merge_touching(spans):
 
 
 def make_plan(req, defaults: VLCacheDefaults) -> CompressionPlan:
-    policy, budget, report_kept = parse_request_options(req.sampling_params.custom_params, defaults)
+    opts = parse_request_options(req.sampling_params.custom_params, defaults)
     layout = prompt_layout_of(req)
-    reason = policy.skip_reason(layout, budget)
-    rows = policy.query_rows(layout) if not reason else torch.empty(0, dtype=torch.long)
-    return CompressionPlan(policy, budget, layout, rows, reason, report_kept)
+    reason = opts.policy.skip_reason(layout, opts.budget)
+    rows = opts.policy.query_rows(layout) if not reason else torch.empty(0, dtype=torch.long)
+    return CompressionPlan(
+        opts.policy, opts.budget, layout, rows, reason, opts.report_kept, opts.reuse, bool(req.skip_radix_cache_insert)
+    )
 
 
 class Stopwatch:

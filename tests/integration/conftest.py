@@ -4,6 +4,7 @@ import base64
 import contextlib
 import io
 import os
+import time
 
 import httpx
 import pytest
@@ -46,9 +47,22 @@ def running_sglang(config, tmp_path_factory, name, extra_env=None):
         try:
             with server:
                 yield server
+                if config.kv_compression:  # after every test on it: the plugin's slot accounting is intact
+                    assert_slot_accounting_intact(server.url)
         except Exception:
             print(log_path.read_text()[-5000:])
             raise
+
+
+def assert_slot_accounting_intact(url, timeout_s=60):
+    """Flush once idle (SGLang refuses while requests run); the plugin checks its slot table first."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=url, timeout=30) as c:
+        while c.post("/flush_cache").status_code != 200:
+            assert time.monotonic() < deadline, "the server never went idle"
+            time.sleep(0.2)
+        figures = c.get("/get_server_info").json()["internal_states"][0]["vl_cache"]
+    assert figures["integrity_at_last_flush"] == "ok", figures["integrity_at_last_flush"]
 
 
 @pytest.fixture(scope="session")

@@ -94,9 +94,7 @@ def test_plugin_registered_in_the_scheduler_process(client, sglang_server, plugi
     server = psutil.Process(sglang_server.process.pid)
     # SGLang renames its processes (setproctitle) once they know their role, which can be after the
     # plugin loaded: read each marker's process title now, from the live process.
-    titles = {
-        p.pid: " ".join(p.cmdline()) for p in [server, *server.children(recursive=True)]
-    }
+    titles = {p.pid: " ".join(p.cmdline()) for p in [server, *server.children(recursive=True)]}
     registered = {json.loads(m.read_text())["pid"] for m in plugin_marker_dir.glob("*.json")}
     by_role = {titles[pid].split()[0]: pid for pid in registered if pid in titles}
     assert any(role.startswith("sglang::scheduler") for role in by_role), (

@@ -19,7 +19,11 @@ _NO_ROWS = torch.empty(0, dtype=torch.long)
 @register_policy
 @dataclass
 class Full(Policy):
-    """Keeps everything: the uncompressed baseline."""
+    """Keeps every prompt token in every layer: the uncompressed baseline (never compresses).
+
+    Paper: none (the reference point of every KV-compression paper). Options: only the shared ones,
+    which it ignores.
+    """
 
     name = "full"
 
@@ -36,7 +40,17 @@ class Full(Policy):
 @register_policy
 @dataclass
 class StreamingLLM(Policy):
-    """The first `sinks` tokens (attention sinks) and the most recent `k - sinks`, uniform budgets."""
+    """Keeps the first `sinks` prompt tokens (attention sinks) and the most recent `k[l] - sinks`;
+    uniform layer budgets; needs no attention statistics. When `k[l] < sinks + ceil(0.1 k[l])` the sinks
+    give way to the recent window.
+
+    Paper: Xiao et al., "Efficient Streaming Language Models with Attention Sinks", ICLR 2024
+    (arXiv 2309.17453).
+
+    Options: `sinks` (int >= 0, default 4).
+    Shared options: `min_prompt_tokens` (int >= 0, default 64: shorter prompts are left whole) and
+    `sparsity_threshold` (`p` in (0, 1), default 0.01: used when an engine computes this policy's stats).
+    """
 
     name = "streamingllm"
     sinks: int = 4
@@ -57,7 +71,16 @@ class StreamingLLM(Policy):
 @register_policy
 @dataclass
 class RandomSubset(ScoredPolicy):
-    """A seeded random subset (plus the recent window), uniform budgets: the floor any method must beat."""
+    """Keeps a seeded random subset of the prompt plus the recent window; uniform layer budgets; needs
+    no attention statistics. The floor any method must beat.
+
+    Paper: none (the usual control).
+
+    Options: `seed` (int, default 0; layer `l` draws from `seed * 1_000_003 + l`).
+    Shared options: `window_fraction` (float in [0, 1], default 0.1: the recent window
+    `ceil(window_fraction * k[l])`), `min_prompt_tokens` (int >= 0, default 64), `sparsity_threshold`
+    (`p` in (0, 1), default 0.01).
+    """
 
     name = "random"
     seed: int = 0

@@ -19,6 +19,8 @@ class ScoredPolicy(Policy):
 
     Subclasses say which rows they score with (`query_rows`), how a layer's stats become token scores
     (`token_scores`) and how the budget is split over layers (`layer_counts`, uniform by default).
+
+    Option: `window_fraction` (float in [0, 1], default 0.1), besides those of `Policy`.
     """
 
     window_fraction: float = RECENT_WINDOW_FRACTION
@@ -38,14 +40,16 @@ class ScoredPolicy(Policy):
         counts = self.layer_counts(stats, layout, budget)
         keep = [
             keep_top_with_window(self.token_scores(s, layer), k, recent_window(k, self.window_fraction))
-            for layer, (s, k) in enumerate(zip(stats, counts))
+            for layer, (s, k) in enumerate(zip(stats, counts, strict=True))
         ]
         return self._selection(layout, budget, keep, layer_sparsity=_sparsity_or_none(stats))
 
 
 @dataclass
 class SparsityBudgetMixin:
-    """Sparsity-aware layer budgets (spec section 2); the stats must carry per-head sparsity."""
+    """Sparsity-aware layer budgets (docs/algorithm.md section 2); the stats must carry per-head sparsity.
+
+    Option: `renormalize` (bool, default True: exact total; False: the paper's literal rounding)."""
 
     renormalize: bool = True
 

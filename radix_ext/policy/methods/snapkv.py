@@ -17,6 +17,20 @@ from radix_ext.policy.stats import LayerStats
 @register_policy
 @dataclass
 class SnapKV(ScoredPolicy):
+    """Keeps, per layer, the recent window and the tokens most attended by the last
+    `observation_window` prompt rows (summed over heads, then 1-D average-pooled so that neighbours
+    of a hit survive with it); uniform layer budgets.
+
+    Paper: Li et al., "SnapKV: LLM Knows What You are Looking for Before Generation", NeurIPS 2024
+    (arXiv 2404.14469). One token set per layer (the paper selects per head).
+
+    Options: `observation_window` (int >= 1, default 32: the scored rows), `pool_kernel` (odd int >= 1,
+    default 5; zero padding at the edges, counted in the average).
+    Shared options: `window_fraction` (float in [0, 1], default 0.1: the recent window
+    `ceil(window_fraction * k[l])`), `min_prompt_tokens` (int >= 0, default 64), `sparsity_threshold`
+    (`p` in (0, 1), default 0.01).
+    """
+
     name = "snapkv"
     observation_window: int = 32
     pool_kernel: int = 5
@@ -40,7 +54,18 @@ class SnapKV(ScoredPolicy):
 @register_policy
 @dataclass
 class PyramidKV(SnapKV):
-    """SnapKV scores; budgets fall linearly from the first layer to the last (`pyramid_beta` = 20)."""
+    """SnapKV's scores and selection, with layer budgets that fall linearly from the first layer to the
+    last (a pyramid: lower layers attend broadly, upper layers narrowly); the total stays exact.
+
+    Paper: Cai et al., "PyramidKV: Dynamic KV Cache Compression based on Pyramidal Information
+    Funneling" (arXiv 2406.02069).
+
+    Options: `pyramid_beta` (int >= 1, default 20: the last layer gets `(C - w) / pyramid_beta` plus its
+    window, `C = alpha * m`), `observation_window` (32) and `pool_kernel` (5) as SnapKV.
+    Shared options: `window_fraction` (float in [0, 1], default 0.1: the recent window
+    `ceil(window_fraction * k[l])`), `min_prompt_tokens` (int >= 0, default 64), `sparsity_threshold`
+    (`p` in (0, 1), default 0.01).
+    """
 
     name = "pyramidkv"
     pyramid_beta: int = 20

@@ -50,13 +50,12 @@ def test_copy_all_layer_kv_cache_moves_slots_in_every_buffer():
     ptrs = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64)
     strides = torch.tensor([b.stride(0) * b.element_size() for b in buffers], dtype=torch.int64)
     sgl_kernel.copy_all_layer_kv_cache_cpu(ptrs, strides, torch.tensor([7, 8]), torch.tensor([2, 3]))
-    for got, want in zip(buffers, expected):
+    for got, want in zip(buffers, expected, strict=True):
         assert torch.equal(got, want)
 
 
 def test_unknown_cpu_kernels_fail_loudly_when_called():
     import sgl_kernel
-
     from sgl_kernel import fused_sigmoid_mul_cpu  # resolvable at import, as SGLang's model files need
 
     with pytest.raises(NotImplementedError, match="fused_sigmoid_mul_cpu"):

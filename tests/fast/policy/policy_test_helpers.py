@@ -14,8 +14,9 @@ from radix_ext.policy import PromptLayout, attention_stats
 H, HKV, D = 4, 2, 8  # GQA: two query heads per KV head
 
 
-def random_qk(m: int, seed: int, *, num_layers: int = 1, heads: int = H, kv_heads: int = HKV, dim: int = D,
-              temperatures=None):
+def random_qk(
+    m: int, seed: int, *, num_layers: int = 1, heads: int = H, kv_heads: int = HKV, dim: int = D, temperatures=None
+):
     """Per-layer post-RoPE queries `[H, m, d]` and keys `[Hkv, m, d]`, seeded.
 
     `temperatures[l]` scales layer `l`'s queries: a small one flattens attention (dense layer), a large
@@ -34,12 +35,12 @@ def stats_for(policy, layout: PromptLayout, qs, ks, **kwargs):
     rows = policy.query_rows(layout)
     return [
         attention_stats(q[:, rows], k, rows, sparsity_threshold=policy.sparsity_threshold, **kwargs)
-        for q, k in zip(qs, ks)
+        for q, k in zip(qs, ks, strict=True)
     ]
 
 
 def dense_reference(q_rows, k, positions, *, p=0.01, scale=None, margin=1e-4):
-    """Float64 dense attention statistics (spec section 1 and 3), written independently of the library.
+    """Float64 dense attention statistics (docs/algorithm.md sections 1 and 3), written independently of the library.
 
     Returns `(column_sums [H, m], sparsity_low [H], sparsity_high [H])`: the sparsity of an entry whose
     logit lies within `margin` of the cutoff is ambiguous between float32 and float64, so the exact
@@ -90,5 +91,5 @@ def selections_equal(a, b) -> bool:
         and a.layer_fractions == b.layer_fractions
         and a.reason == b.reason
         and len(a.keep) == len(b.keep)
-        and all(torch.equal(x, y) for x, y in zip(a.keep, b.keep))
+        and all(torch.equal(x, y) for x, y in zip(a.keep, b.keep, strict=True))
     )

@@ -1,6 +1,7 @@
-"""Per-layer budgets (spec section 2): water-filling, exact totals, bounds, the paper's literal rounding."""
+"""Per-layer budgets (docs/algorithm.md section 2): water-filling, exact totals, bounds, the literal rounding."""
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def test_renormalised_counts_hit_the_total_exactly_within_bounds(gammas, alpha, 
         assert sum(counts) == total
     elif total < L * lo:
         assert counts == [lo] * L
-    # Denser layers never get fewer tokens (spec: budget share proportional to density).
+    # Denser layers never get fewer tokens (budget share proportional to density).
     dens = [1.0 - g for g in gammas]
     for a in range(L):
         for b in range(L):
@@ -68,7 +69,7 @@ def test_literal_counts_are_floor_of_beta_times_m(gammas, alpha, m):
     beta = sparsity_fractions(g, alpha)
     assert beta.tolist() == pytest.approx(beta_ref, rel=1e-12, abs=1e-15)
     counts = sparsity_counts(g, alpha, m, renormalize=False)
-    for c, b in zip(counts, beta_ref):
+    for c, b in zip(counts, beta_ref, strict=True):
         exact = b * m
         expected = max(1, math.floor(exact))
         if abs(exact - round(exact)) < 1e-9:  # on an integer: the last ulp decides, either side is fine
@@ -164,7 +165,7 @@ def test_pyramid_counts_fall_linearly_from_first_to_last_layer():
     assert sum(counts) == 800
     ramp = [185.5 - (185.5 - 14.5) * i / 7 for i in range(8)]
     assert counts == pytest.approx(ramp, abs=1)
-    assert all(a >= b for a, b in zip(counts, counts[1:]))
+    assert all(a >= b for a, b in pairwise(counts))
 
 
 @settings(max_examples=60, deadline=None)
@@ -176,4 +177,4 @@ def test_pyramid_counts_properties(L, alpha, m):
     assert all(lo <= c <= hi for c in counts)
     if L * lo <= total <= L * hi:
         assert sum(counts) == total
-    assert all(a >= b for a, b in zip(counts, counts[1:])), counts  # a pyramid: never grows with depth
+    assert all(a >= b for a, b in pairwise(counts)), counts  # a pyramid: never grows with depth

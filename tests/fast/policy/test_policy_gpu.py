@@ -44,7 +44,7 @@ def test_selections_from_cuda_stats_equal_cpu_selections(policy):
         selections[device] = chosen.select(stats, layout, 0.1)
     cpu, gpu = selections["cpu"], selections["cuda"]
     assert gpu.layer_budgets == cpu.layer_budgets
-    for a, b in zip(cpu.keep, gpu.keep):
+    for a, b in zip(cpu.keep, gpu.keep, strict=True):
         assert not b.is_cuda
         overlap = len(set(a.tolist()) & set(b.tolist())) / len(a)
         assert overlap >= 0.98  # float32 sums in another order may swap near-ties at the cut

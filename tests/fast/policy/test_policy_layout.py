@@ -1,4 +1,6 @@
-"""PromptLayout: span validation and the post-vision rows `P` (spec sections 1 and 4)."""
+"""PromptLayout: span validation and the post-vision rows `P` (docs/algorithm.md sections 1 and 4)."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -86,5 +88,5 @@ def test_negative_length_rejected_and_span_touching_the_end_accepted():
 def test_layout_is_frozen_and_hashable():
     a, b = PromptLayout(20, [(1, 3)]), PromptLayout(20, ((1, 3),))
     assert a == b and hash(a) == hash(b)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         a.num_tokens = 5

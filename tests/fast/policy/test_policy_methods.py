@@ -1,15 +1,26 @@
 """Each policy on hand-checkable prompts, the registry, and the error paths."""
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
 
 from radix_ext.policy import LayerStats, PromptLayout, attention_stats, available_policies, check_budget, get_policy
+
 from policy_test_helpers import check_valid_keep, random_qk, stats_for
 
-ALL_POLICIES = {"full", "streamingllm", "random", "h2o", "h2o_sparsity", "snapkv", "pyramidkv", "vlcache",
-                "vlcache_uniform"}
+ALL_POLICIES = {
+    "full",
+    "streamingllm",
+    "random",
+    "h2o",
+    "h2o_sparsity",
+    "snapkv",
+    "pyramidkv",
+    "vlcache",
+    "vlcache_uniform",
+}
 D = 8
 
 
@@ -19,7 +30,8 @@ def _select(name, layout, qs, ks, budget, **options):
     return policy, stats, policy.select(stats, layout, budget)
 
 
-# ---- VL-Cache: the spec's hand-checkable cases (section 6) ----
+# ---- VL-Cache: the hand-checkable cases of docs/algorithm.md section 6 ----
+
 
 def _one_key_layer(m, key, dominant=20.0):
     """Keys small and random except `key`, which every query points at: rows put their mass on it."""
@@ -167,6 +179,7 @@ def test_vlcache_uniform_and_h2o_sparsity_ablations():
 
 # ---- the other baselines ----
 
+
 def test_snapkv_pools_a_spike_over_its_neighbours_and_pyramidkv_falls_with_depth():
     m, spike = 100, 30
     q, k = _one_key_layer(m, spike)
@@ -182,7 +195,7 @@ def test_snapkv_pools_a_spike_over_its_neighbours_and_pyramidkv_falls_with_depth
     qs, ks = random_qk(m, 4, num_layers=4)
     _, _, pyr = _select("pyramidkv", layout, qs, ks, 0.2)
     b = pyr.layer_budgets
-    assert sum(b) == 80 and b[0] > b[-1] and all(x >= y for x, y in zip(b, b[1:])), b
+    assert sum(b) == 80 and b[0] > b[-1] and all(x >= y for x, y in pairwise(b)), b
 
 
 def test_streamingllm_keeps_sinks_and_the_most_recent_tokens():
@@ -196,7 +209,7 @@ def test_streamingllm_keeps_sinks_and_the_most_recent_tokens():
 
 
 def test_streamingllm_keeps_the_recent_window_even_when_the_budget_is_below_the_sinks():
-    # Spec section 5: every baseline keeps the same 10% recent window. k = 3 < 4 sinks: the window
+    # docs/algorithm.md section 5: every baseline keeps the same 10% recent window. k = 3 < 4 sinks: the window
     # (ceil(0.3) = 1 token, position 99) must still be kept.
     qs, ks = random_qk(100, 0)
     _, _, sel = _select("streamingllm", PromptLayout(100), qs, ks, 0.03)
@@ -210,7 +223,7 @@ def test_random_is_seeded_per_layer_and_keeps_the_window():
     _, _, a = _select("random", layout, qs, ks, 0.1)
     _, _, b = _select("random", layout, qs, ks, 0.1)
     _, _, c = _select("random", layout, qs, ks, 0.1, seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a.keep, b.keep))
+    assert all(torch.equal(x, y) for x, y in zip(a.keep, b.keep, strict=True))
     assert not torch.equal(a.keep[0], c.keep[0])
     assert not torch.equal(a.keep[0], a.keep[1])
     assert a.layer_budgets == [20, 20, 20]
@@ -228,6 +241,7 @@ def test_full_keeps_everything_at_any_budget():
 
 
 # ---- registry and errors ----
+
 
 def test_registry_and_defaults():
     assert set(available_policies()) == ALL_POLICIES

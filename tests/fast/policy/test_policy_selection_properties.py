@@ -1,4 +1,4 @@
-"""Within-layer selection (spec section 3) and end-to-end properties of `vlcache` selections."""
+"""Within-layer selection (docs/algorithm.md section 3) and end-to-end properties of `vlcache` selections."""
 
 import math
 
@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from radix_ext.policy import PromptLayout, Selection, get_policy
 from radix_ext.policy.selection import keep_all, keep_sinks_and_recent, keep_top_with_window, recent_window
+
 from policy_test_helpers import check_valid_keep, random_qk, selections_equal, stats_for, window_size
 
 
@@ -66,6 +67,7 @@ def test_selection_figures():
 
 # ---- end to end: random prompts through vlcache ----
 
+
 @st.composite
 def prompts(draw, max_m=90):
     m = draw(st.integers(8, max_m))
@@ -102,7 +104,7 @@ def test_vlcache_selection_properties(prompt, budget, window_fraction):
     assert all(lo <= k <= m for k in sel.layer_budgets)
     if L * lo <= total <= L * m:
         assert sum(sel.layer_budgets) == total
-    for keep, k in zip(sel.keep, sel.layer_budgets):
+    for keep, k in zip(sel.keep, sel.layer_budgets, strict=True):
         w = window_size(k, window_fraction)
         assert set(range(m - w, m)) <= set(keep.tolist())  # the recent window is always kept
     assert sel.layer_sparsity == pytest.approx([s.layer_sparsity for s in stats])
@@ -135,7 +137,7 @@ def test_vlcache_literal_mode_reproduces_floor_beta_m(prompt, budget):
     Z = math.fsum(dens)
     beta = [min(1.0, max(0.01, d / Z * budget * L)) for d in dens]
     assert sel.layer_fractions == pytest.approx(beta, rel=1e-9)
-    for k, b in zip(sel.layer_budgets, beta):
+    for k, b in zip(sel.layer_budgets, beta, strict=True):
         exact = b * m
         if abs(exact - round(exact)) < 1e-9:
             assert k in (max(1, round(exact) - 1), max(1, round(exact)))
@@ -144,8 +146,12 @@ def test_vlcache_literal_mode_reproduces_floor_beta_m(prompt, budget):
 
 
 @settings(max_examples=30, deadline=None)
-@given(prompt=prompts(), name=st.sampled_from(["vlcache", "vlcache_uniform", "h2o", "snapkv", "pyramidkv",
-                                                "random", "streamingllm", "full", "h2o_sparsity"]))
+@given(
+    prompt=prompts(),
+    name=st.sampled_from(
+        ["vlcache", "vlcache_uniform", "h2o", "snapkv", "pyramidkv", "random", "streamingllm", "full", "h2o_sparsity"]
+    ),
+)
 def test_budget_one_keeps_everything(prompt, name):
     layout, (qs, ks) = prompt
     policy = get_policy(name, min_prompt_tokens=0)

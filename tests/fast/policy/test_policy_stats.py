@@ -1,4 +1,4 @@
-"""attention_stats: the chunked two-pass computation against a float64 dense reference (spec section 1)."""
+"""attention_stats: the chunked two-pass computation against a float64 dense reference (docs/algorithm.md section 1)."""
 
 import math
 
@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from radix_ext.policy import attention_stats
+
 from policy_test_helpers import dense_reference
 
 
@@ -70,9 +71,7 @@ def test_chunked_stats_equal_dense_reference(m, d, group, temperature, p, row_ch
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(heads, len(positions), d, generator=gen) * temperature
     k = torch.randn(kv_heads, m, d, generator=gen)
-    _check_against_reference(
-        q, k, torch.tensor(positions), p=p, row_chunk=row_chunk, key_chunk=key_chunk
-    )
+    _check_against_reference(q, k, torch.tensor(positions), p=p, row_chunk=row_chunk, key_chunk=key_chunk)
 
 
 def test_default_chunks_and_explicit_scale_match_reference():

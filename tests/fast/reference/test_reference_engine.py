@@ -14,7 +14,9 @@ NEW_TOKENS = 10
 
 def _image(size, color):
     img = Image.new("RGB", size, color)
-    img.paste((255 - color[0], 255 - color[1], 255 - color[2]), (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
+    img.paste(
+        (255 - color[0], 255 - color[1], 255 - color[2]), (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2)
+    )
     return img
 
 
@@ -29,7 +31,9 @@ def _chat(*parts, text="Describe what you see in one sentence."):
 
 PROMPTS = {
     "one-image": dict(messages=_chat("image"), images=[_image((448, 448), (200, 30, 30))]),
-    "two-images": dict(messages=_chat("image", "image"), images=[_image((224, 224), (20, 90, 200)), _image((336, 224), (250, 200, 0))]),
+    "two-images": dict(
+        messages=_chat("image", "image"), images=[_image((224, 224), (20, 90, 200)), _image((336, 224), (250, 200, 0))]
+    ),
     "video": dict(messages=_chat("video"), videos=[_video()]),
     "no-image": dict(messages=_chat(text="How many objects are there? " * 12)),
 }
@@ -64,6 +68,23 @@ def test_uncompressed_runs_are_token_identical_to_dynamic_cache(tiny, policy, bu
     assert not result.selection.compressed
     assert result.tokens == _plain_generate(model, inputs)
     assert result.kv_bytes_kept == result.kv_bytes_full
+
+
+def test_logprobs_equal_a_full_forward_over_prompt_and_answer(tiny):
+    """`ReferenceResult.logprobs` (from the incremental decode) against one cache-free forward."""
+    model, processor = tiny
+    inputs = _inputs(processor, PROMPTS["one-image"])
+    result = generate_from_inputs(model, inputs, "full", 0.1, NEW_TOKENS)
+    m, answer = inputs["input_ids"].shape[1], torch.tensor(result.tokens)
+    ids = torch.cat([inputs["input_ids"], answer[None]], 1)
+    full = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if "mm_token_type_ids" in inputs:  # the answer's tokens are text (type 0)
+        full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(answer)[None]], 1)
+    with torch.no_grad():
+        logits = model(**full).logits[0, m - 1 : -1]
+    expected = torch.log_softmax(logits.float(), -1).gather(1, answer[:, None])[:, 0]
+    assert len(result.logprobs) == len(result.tokens) >= 4
+    assert result.logprobs == pytest.approx(expected.tolist(), abs=1e-4)
 
 
 def test_compressed_decode_keeps_logical_positions(tiny):

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from radix_ext.sglang import PINNED_SGLANG_VERSION, check_sglang_version, register
-from radix_ext.sglang import registration
+from radix_ext.sglang import PINNED_SGLANG_VERSION, check_sglang_version, register, registration
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -1,0 +1,65 @@
+"""The grid-VQA model: a small Qwen2-VL (4 LM layers) trained on `vlmodels.grid_vqa.task`.
+
+The architecture comes from `vlmodels.tiny_qwen2vl` (same config keys SGLang needs, same chat
+template); only the sizes and the tokenizer's training text (the task's words) differ. The trained
+files are committed in `models/grid-vqa/`; nothing is trained at serve time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlmodels.grid_vqa.task import vocabulary_text
+from vlmodels.tiny_qwen2vl import TinyQwen2VLSpec, new_qwen2vl
+
+MODEL_NAME = "grid-vqa"
+SPEC = TinyQwen2VLSpec(
+    seed=0,
+    vocab_size=512,
+    hidden_size=128,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=384,
+    vision_depth=1,
+    vision_embed_dim=64,
+    vision_heads=4,
+    context_length=8192,
+    max_visual_tokens_per_image=256,
+    min_visual_tokens_per_image=4,
+    initializer_range=0.02,
+)
+
+
+def committed_model_dir() -> Path:
+    """`models/grid-vqa/` in the repository: the trained weights, tokenizer, processor, model card."""
+    return Path(__file__).resolve().parents[2] / "models" / MODEL_NAME
+
+
+def example_image_path() -> Path:
+    return committed_model_dir() / "example.png"
+
+
+def untrained_model(spec: TinyQwen2VLSpec = SPEC):
+    """The seeded starting point of training: (model, processor) with the task-word tokenizer."""
+    return new_qwen2vl(spec, training_text=vocabulary_text())
+
+
+EXAMPLE_QUESTION = "What colour is the star?"
+
+
+def example_sample():
+    """The README's example: a held-out 10x10 grid with one star (the first such seed from 900000)."""
+    from vlmodels.grid_vqa.task import make_sample
+
+    seed = 900_000  # far from training seeds
+    while (sample := make_sample(seed, "colour", 1, (10, 10))).target != "star":
+        seed += 1
+    return sample
+
+
+def write_example(out_dir: Path) -> Path:
+    """`example.png` of `example_sample()` for the README exchange."""
+    path = Path(out_dir) / "example.png"
+    example_sample().images[0].save(path)
+    return path

@@ -1,0 +1,234 @@
+"""The grid-VQA task: seeded synthetic images of shapes on a grid, and questions about them.
+
+An image is a `rows x cols` grid of 28x28-pixel cells (one Qwen2-VL visual token each, after the 2x2
+merge); a few cells hold a coloured shape, the rest are background. Question types, by how many image
+regions the answer depends on:
+
+- `colour` (one region): "What colour is the star?" -- that shape occurs exactly once in the prompt.
+- `shape` (one region): "Which shape is red?" -- that colour occurs exactly once.
+- `count` (several regions): "How many shapes are red?" -- 0 to 4, over every image.
+- `which` (across images, 2+ images): "Which image has the star?" -- 1 to n.
+
+Every answer is one word of `ANSWER_WORDS`, derivable from the sample's `objects` alone
+(`derive_answer`). Same seed -> same samples (`make_sample` draws from its own `random.Random`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw
+
+CELL = 28  # pixels per grid cell = one merged Qwen2-VL visual token (14 px patches, 2x2 merge)
+BACKGROUND = (245, 245, 245)
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 70, 220),
+    "yellow": (230, 200, 20),
+    "purple": (140, 40, 180),
+    "orange": (240, 130, 20),
+}
+SHAPES = ("square", "circle", "triangle", "cross", "star")
+QUESTION_TYPES = ("colour", "shape", "count", "which")
+# The shapes and colours questions name. A tiny model trained from scratch on 2 shared CPU cores learns a
+# fixed lookup ("find the star") within minutes, while learning to look up whatever the question names
+# did not start within 300 steps; every shape and colour still appears, as distractors.
+TARGET_SHAPES = ("star",)
+TARGET_COLOURS = ("red",)
+ONE_REGION = ("colour", "shape")
+MAX_COUNT = 4
+ANSWER_WORDS = tuple(COLOURS) + SHAPES + tuple(str(i) for i in range(MAX_COUNT + 1)) + ("1", "2", "3", "4")
+
+
+@dataclass(frozen=True)
+class GridObject:
+    image: int
+    row: int
+    col: int
+    shape: str
+    colour: str
+
+
+@dataclass
+class Sample:
+    """One question: `images` (PIL), the `question` text, its one-word `answer`, and what drew them."""
+
+    qtype: str
+    question: str
+    answer: str
+    objects: list[GridObject]
+    grids: list[tuple[int, int]]  # (rows, cols) per image
+    target: str = ""  # the shape or colour the question names
+    setting: str = ""  # the evaluation length setting it belongs to, if any
+    images: list[Image.Image] = field(default_factory=list, repr=False)
+
+    @property
+    def visual_tokens(self) -> int:
+        return sum(r * c for r, c in self.grids)
+
+    def messages(self) -> list[dict]:
+        content = [{"type": "image"} for _ in self.grids] + [{"type": "text", "text": self.question}]
+        return [{"role": "user", "content": content}]
+
+
+def question_text(qtype: str, target: str) -> str:
+    """The named shape or colour is always the last word: it sits at a fixed distance before the answer,
+    which a small model learns to look up far sooner than a word whose place varies."""
+    return {
+        "colour": f"What colour is the {target}?",
+        "shape": f"Which shape is {target}?",
+        "count": f"How many shapes are {target}?",
+        "which": f"Which image has the {target}?",
+    }[qtype]
+
+
+def derive_answer(qtype: str, target: str, objects: list[GridObject]) -> str:
+    """The answer from the objects alone (the generator's contract; tests re-derive it)."""
+    if qtype == "colour":
+        (obj,) = [o for o in objects if o.shape == target]
+        return obj.colour
+    if qtype == "shape":
+        (obj,) = [o for o in objects if o.colour == target]
+        return obj.shape
+    if qtype == "count":
+        return str(sum(o.colour == target for o in objects))
+    if qtype == "which":
+        (obj,) = [o for o in objects if o.shape == target]
+        return str(obj.image + 1)
+    raise ValueError(f"unknown question type {qtype!r}; allowed: {QUESTION_TYPES}")
+
+
+def make_sample(
+    seed: int,
+    qtype: str,
+    num_images: int = 1,
+    grid: tuple[int, int] = (8, 8),
+    objects_per_image: tuple[int, int] = (3, 6),
+    blank: bool = False,
+) -> Sample:
+    """A sample of `qtype` over `num_images` grids of `grid` cells, from `seed` alone.
+
+    `blank=True` draws the same question and answer but renders every image as empty background
+    (the control: a model that answers from the images then falls to chance)."""
+    if qtype not in QUESTION_TYPES:
+        raise ValueError(f"unknown question type {qtype!r}; allowed: {QUESTION_TYPES}")
+    if qtype == "which" and num_images < 2:
+        raise ValueError("a 'which' question needs at least 2 images")
+    rng = random.Random(seed)
+    rows, cols = grid
+    grids = [grid] * num_images
+    colours, shapes = list(COLOURS), list(SHAPES)
+    placed: list[tuple[str, str]] = []  # (shape, colour) in placement order, image index alongside
+    where: list[int] = []
+    if qtype in ("colour", "which"):
+        target = rng.choice(TARGET_SHAPES)
+        placed.append((target, rng.choice(colours)))
+        where.append(rng.randrange(num_images))
+        others = [(s, c) for s in shapes if s != target for c in colours]
+    elif qtype == "shape":
+        target = rng.choice(TARGET_COLOURS)
+        placed.append((rng.choice(shapes), target))
+        where.append(rng.randrange(num_images))
+        others = [(s, c) for s in shapes for c in colours if c != target]
+    else:  # count
+        target = rng.choice(TARGET_COLOURS)
+        n = rng.randint(0, MAX_COUNT)
+        for _ in range(n):
+            placed.append((rng.choice(shapes), target))
+            where.append(rng.randrange(num_images))
+        others = [(s, c) for s in shapes for c in colours if c != target]
+    lo, hi = objects_per_image
+    for image in range(num_images):
+        have = where.count(image)
+        for _ in range(max(0, rng.randint(lo, hi) - have)):
+            placed.append(rng.choice(others))
+            where.append(image)
+    objects = []
+    for image in range(num_images):
+        idx = [i for i, w in enumerate(where) if w == image]
+        cells = rng.sample(range(rows * cols), len(idx))
+        for i, cell in zip(idx, cells, strict=True):
+            shape, colour = placed[i]
+            objects.append(GridObject(image, cell // cols, cell % cols, shape, colour))
+    answer = derive_answer(qtype, target, objects)
+    images = [render(grids[i], [] if blank else [o for o in objects if o.image == i]) for i in range(num_images)]
+    return Sample(qtype, question_text(qtype, target), answer, objects, grids, target=target, images=images)
+
+
+def render(grid: tuple[int, int], objects: list[GridObject]) -> Image.Image:
+    rows, cols = grid
+    img = Image.new("RGB", (cols * CELL, rows * CELL), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    for o in objects:
+        _draw_shape(draw, o.shape, COLOURS[o.colour], o.col * CELL, o.row * CELL)
+    return img
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, rgb, x0: int, y0: int) -> None:
+    m = 4  # margin inside the cell
+    a, b = x0 + m, y0 + m
+    c, d = x0 + CELL - 1 - m, y0 + CELL - 1 - m
+    cx, cy = (a + c) / 2, (b + d) / 2
+    if shape == "square":
+        draw.rectangle((a, b, c, d), fill=rgb)
+    elif shape == "circle":
+        draw.ellipse((a, b, c, d), fill=rgb)
+    elif shape == "triangle":
+        draw.polygon([(cx, b), (c, d), (a, d)], fill=rgb)
+    elif shape == "cross":
+        t = 3
+        draw.rectangle((cx - t, b, cx + t, d), fill=rgb)
+        draw.rectangle((a, cy - t, c, cy + t), fill=rgb)
+    elif shape == "star":
+        import math
+
+        r_out, r_in = (c - a) / 2, (c - a) / 5
+        pts = []
+        for k in range(10):
+            r = r_out if k % 2 == 0 else r_in
+            ang = -math.pi / 2 + k * math.pi / 5
+            pts.append((cx + r * math.cos(ang), cy + r * math.sin(ang)))
+        draw.polygon(pts, fill=rgb)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; allowed: {SHAPES}")
+
+
+def sample_stream(seed: int, qtypes=QUESTION_TYPES, num_images=(1, 2), grids=((8, 8),), blank=False):
+    """An endless deterministic stream of samples: sample `i` uses seed `seed * 1_000_003 + i`."""
+    i = 0
+    while True:
+        rng = random.Random(seed * 1_000_003 + i)
+        n = rng.choice(num_images)
+        choices = [q for q in qtypes if q != "which" or n >= 2]
+        yield make_sample(seed * 1_000_003 + i, rng.choice(choices), n, rng.choice(grids), blank=blank)
+        i += 1
+
+
+def vocabulary_text() -> list[str]:
+    """Every question and answer word, for the tokenizer to learn whole-word merges."""
+    texts = []
+    for s in SHAPES:
+        texts += [question_text("colour", s), question_text("which", s)]
+    for c in COLOURS:
+        texts += [question_text("shape", c), question_text("count", c)]
+    return texts + list(ANSWER_WORDS) + [" ".join(ANSWER_WORDS), "You are a helpful assistant."]
+
+
+def follow_up_questions(sample: Sample, seed: int, k: int) -> list[tuple[str, str, str]]:
+    """Up to `k` further (qtype, question, answer) about the same images, each answerable from
+    `sample.objects` (a shape or colour named by a one-region question occurs exactly once).
+
+    Training asks them as later chat turns: more supervision per image at little extra cost."""
+    rng = random.Random(seed)
+    objs = sample.objects
+    shape_once = [s for s in TARGET_SHAPES if sum(o.shape == s for o in objs) == 1]
+    colour_once = [c for c in TARGET_COLOURS if sum(o.colour == c for o in objs) == 1]
+    pool = [("colour", s) for s in shape_once] + [("shape", c) for c in colour_once]
+    pool += [("count", c) for c in TARGET_COLOURS]
+    if len(sample.grids) >= 2:
+        pool += [("which", s) for s in shape_once]
+    pool = [(q, t) for q, t in pool if (q, t) != (sample.qtype, sample.target)]  # never the first again
+    picked = rng.sample(pool, min(k, len(pool)))
+    return [(q, question_text(q, t), derive_answer(q, t, objs)) for q, t in picked]
