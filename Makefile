@@ -36,7 +36,7 @@ test: install install-tools lint  ## the linter, then the whole suite: fast tier
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ -z "$(PYTEST_RC_FILE)" ] || echo $$rc > "$(PYTEST_RC_FILE)"; exit $$rc
 
 .PHONY: train-model accuracy
-train-model: install  ## retrain the grid-VQA model into models/grid-vqa/ (CPU, ~30 min; the committed files came from it)
+train-model: install  ## retrain the grid-VQA model into models/grid-vqa/ (CPU, ~30 min; work in progress, see branch wip/grid-vqa)
 	@$(PY) tools/train_tiny_vlm.py
 
 accuracy: install  ## accuracy vs KV budget per policy through SGLang + plugin, and the cache-hit-rate diagnostic (~30 min)
