@@ -31,13 +31,13 @@ import base64
 import io
 import json
 import statistics
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
 
+from bench.harness import flush
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
 from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
 
@@ -82,14 +82,6 @@ def _prompt(processor, media_kind, n_media, history):
         if answer is not None:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return processor.apply_chat_template(messages, add_generation_prompt=True)
-
-
-def _flush(client, timeout_s=60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while client.post("/flush_cache").status_code != 200:
-        if time.monotonic() > deadline:
-            raise TimeoutError("SGLang never went idle for /flush_cache")
-        time.sleep(0.2)
 
 
 def _held_slots(client, design) -> float:
@@ -154,7 +146,7 @@ def run_chat(client, processor, design, media, args):
 def pressure(client, processor, args):
     """Distinct one-image lazy requests, one after the other, into the plugin's pool."""
     prompt = _prompt(processor, "image", 1, [(QUESTIONS[0], None)])
-    _flush(client)
+    flush(str(client.base_url).rstrip("/"), timeout_s=60.0)
     rows = []
     for i in range(args.pressure_requests):
         body = {"text": prompt, "image_data": [_png((448, 448), (17 * i % 256, 90, 200 - 9 * i % 200), i + 100)],
@@ -210,7 +202,7 @@ def main() -> None:
                 k = i % len(DESIGNS)
                 order = DESIGNS[k:] + DESIGNS[:k]  # rotate who goes first
                 for design in order:
-                    _flush(clients[design])
+                    flush(str(clients[design].base_url).rstrip("/"), timeout_s=60.0)
                     turns = run_chat(clients[design], processor, design, media, args)
                     if i > 0:
                         results["chats"].append({"chat": i, "media": kind, "design": design, "turns": turns})
