@@ -43,7 +43,7 @@ ENTRYPOINT ["vlcache-serve", "--device", "cuda", "--host", "0.0.0.0"]
 
 # --- cpu: build the venv from the lock and the embedded model ------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu-build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VLCACHE_CACHE_DIR=/opt/vlcache/cache
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY constraints/cpu.lock ./constraints/cpu.lock
 COPY scripts/install_cpu.sh ./scripts/install_cpu.sh
@@ -51,17 +51,16 @@ COPY pyproject.toml README.md ./
 COPY radix_ext ./radix_ext
 COPY service ./service
 COPY vlmodels ./vlmodels
+# The embedded model (trained, committed; 2 MB): the container starts with no download.
+COPY models/grid-vqa ./models/grid-vqa
 # The same install as `make install`: the exact lock with --no-deps (CPU torch, SGLang without its
-# CUDA pins), the project editable from /app, the CPU shims' .pth; then the tiny Qwen2-VL, so the
-# container starts with no download.
-RUN VENV=/opt/venv bash scripts/install_cpu.sh \
-    && /opt/venv/bin/python -m vlmodels.tiny_qwen2vl
+# CUDA pins), the project editable from /app, the CPU shims' .pth.
+RUN VENV=/opt/venv bash scripts/install_cpu.sh
 
 # --- cpu: the final image -----------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /tmp vlcache
 COPY --from=cpu-build /opt/venv /opt/venv
-COPY --from=cpu-build /opt/vlcache /opt/vlcache
 COPY --from=cpu-build /app /app
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
@@ -69,7 +68,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     HF_HOME=/tmp/hf \
     HF_HUB_OFFLINE=1 \
-    VLCACHE_CACHE_DIR=/opt/vlcache/cache \
     SGLANG_PLUGINS=vlcache
 USER 10001
 EXPOSE 8000 30000

@@ -36,7 +36,7 @@ test: install install-tools lint  ## the linter, then the whole suite: fast tier
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ -z "$(PYTEST_RC_FILE)" ] || echo $$rc > "$(PYTEST_RC_FILE)"; exit $$rc
 
 .PHONY: train-model accuracy
-train-model: install  ## retrain the grid-VQA model into models/grid-vqa/ (CPU, ~30 min; work in progress, see branch wip/grid-vqa)
+train-model: install  ## retrain the embedded grid-VQA model into models/grid-vqa/ (2-core CPU, ~30 min)
 	@$(PY) tools/train_tiny_vlm.py
 
 accuracy: install  ## accuracy vs KV budget per policy through SGLang + plugin, and the cache-hit-rate diagnostic (~30 min)
@@ -57,9 +57,12 @@ bench-overhead: install  ## prefill: stock vs plugin full vs vlcache scoring, 4k
 bench-throughput: install  ## open-loop load on a memory-bound server through the gateway: stock vs budget 0.1 (~5 min)
 	@$(PY) -m bench.throughput
 
-.PHONY: bench-multiturn
+.PHONY: bench-multiturn bench-followup
 bench-multiturn: install  ## 3-turn chats (images, video): stock vs plugin full / reuse lazy / reuse off; memory pressure (~15 min)
 	@$(PY) -m bench.multiturn
+
+bench-followup: install  ## follow-up (turn-2) accuracy per multi-turn design on the grid-VQA model (~10 min)
+	@$(PY) -m bench.followup
 
 lock:  ## re-resolve requirements/*.in into constraints/*.lock
 	@bash scripts/lock_cpu.sh

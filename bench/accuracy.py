@@ -11,7 +11,7 @@ of answers against the transformers reference engine on a small subset.
 Prints accuracy tables (overall, by question type and by prompt length at 5% and 10%) and writes
 `bench/results/accuracy.json` and `bench/results/accuracy.png` (one line per policy).
 
-    .venv/bin/python bench/accuracy.py [--per-setting 32] [--concurrency 8] [--budgets ...] [--backend-url URL]
+    .venv/bin/python -m bench.accuracy [--per-setting 32] [--concurrency 8] [--budgets ...] [--backend-url URL]
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
+from bench.harness import RESULTS
 from radix_ext.policy import available_policies
 from vlmodels.grid_vqa.eval_sets import SETTINGS, eval_samples
 from vlmodels.grid_vqa.spec import committed_model_dir
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BUDGETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0)
 BLENDS = (0.25, 0.5, 0.75)  # 0 is vlcache_uniform, 1 is vlcache
 

@@ -8,7 +8,7 @@ in that layer; also the attention mass the kept set covers. Writes one PNG per p
 (`bench/results/accuracy_hit_rate_<policy>.png`, hit rate by layer, one line per budget) and
 `bench/results/accuracy_hit_rate.json`, and prints a table.
 
-    .venv/bin/python bench/hit_rate.py [--per-setting 4] [--budgets 0.1]
+    .venv/bin/python -m bench.hit_rate [--per-setting 4] [--budgets 0.1]
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from bench.harness import RESULTS
 from radix_ext.policy import available_policies
 from radix_ext.reference import generate
 from vlmodels.grid_vqa.eval_sets import SETTINGS, eval_samples
 from vlmodels.grid_vqa.spec import committed_model_dir
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def first_token_attention(model, processor, sample, first_token: int) -> list[torch.Tensor]:

@@ -1,7 +1,7 @@
 """`vlcache-serve`: the REST gateway in front of SGLang (with the vlcache plugin).
 
-With no arguments it builds (on first use) the embedded tiny Qwen2-VL, starts SGLang on it as a child
-process bound to loopback, and serves the gateway on http://127.0.0.1:8000. With `--backend-url` it
+With no arguments it serves the embedded model (the trained grid-VQA Qwen2-VL committed in
+`models/grid-vqa/`): it starts SGLang on it as a child process bound to loopback, and serves the gateway on http://127.0.0.1:8000. With `--backend-url` it
 attaches to an SGLang server that already runs. Every option is also a `VLCACHE_*` environment
 variable (see service/config.py); flags win over the environment. Unknown flags go to SGLang as is.
 """
@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import shlex
 
 from service.config import GatewaySettings
-
-EXAMPLE_PROMPT = "Describe the image."
+from vlmodels.grid_vqa.spec import EXAMPLE_QUESTION
 
 
 def _example_image_data_url() -> str:
-    from PIL import Image
+    """The embedded model's example grid (`models/grid-vqa/example.png`, 100 visual tokens): the
+    question `EXAMPLE_QUESTION` has one right answer, so the first request shows the model reads it."""
+    from vlmodels.grid_vqa.spec import example_image_path
 
-    buf = io.BytesIO()
-    # 224 x 224: 64 visual tokens, a prompt long enough (>= 64 tokens) for the policy to compress.
-    Image.new("RGB", (224, 224), (200, 30, 30)).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(example_image_path().read_bytes()).decode()
 
 
 def example_body(model: str) -> dict:
@@ -38,7 +35,7 @@ def example_body(model: str) -> dict:
                 "role": "user",
                 "content": [
                     {"type": "image_url", "image_url": {"url": _example_image_data_url()}},
-                    {"type": "text", "text": EXAMPLE_PROMPT},
+                    {"type": "text", "text": EXAMPLE_QUESTION},
                 ],
             }
         ],
@@ -66,7 +63,7 @@ resp = client.chat.completions.create(
     model="{model}", max_tokens=16, temperature=0,
     messages=[{{"role": "user", "content": [
         {{"type": "image_url", "image_url": {{"url": image}}}},
-        {{"type": "text", "text": "{EXAMPLE_PROMPT}"}}]}}],
+        {{"type": "text", "text": "{EXAMPLE_QUESTION}"}}]}}],
     extra_body={{"vl_cache": {{"policy": "vlcache", "budget": 0.1}}}},
 )
 print(resp.choices[0].message.content)
@@ -78,7 +75,7 @@ def parse_args(argv: list[str] | None) -> tuple[dict, list[str]]:
     parser = argparse.ArgumentParser(prog="vlcache-serve", description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--backend-url", help="attach to this SGLang server instead of starting one (VLCACHE_BACKEND_URL)")
-    add("--model", help="model folder for the started SGLang (default: the embedded tiny Qwen2-VL)")
+    add("--model", help="model folder for the started SGLang (default: the embedded grid-VQA model)")
     add("--tokenizer-path", help="where to load the chat template (default: the path SGLang reports)")
     add("--served-model-name", help="the model id clients send (default: the model folder's name)")
     add("--host", help="gateway bind address (default 127.0.0.1)")
@@ -148,12 +145,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(launcher.serve_gateway(settings, _banner_printer(settings)))
 
     from service.sglang_process import SGLangServerConfig, free_port
+    from vlmodels.grid_vqa.spec import embedded_model_dir
 
-    model = settings.model
-    if model is None:
-        from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
-
-        model = str(ensure_tiny_qwen2vl())
+    model = settings.model or str(embedded_model_dir())
     config = SGLangServerConfig(
         model_path=model,
         host="127.0.0.1",  # the child is private to the gateway

@@ -39,7 +39,7 @@ class GatewaySettings(BaseSettings):
     # --- the SGLang backend --------------------------------------------------------------------
     # Set: attach to this SGLang server. Unset: the CLI starts one on loopback (`sglang_port`).
     backend_url: str | None = None
-    # Model folder served by a started SGLang child (default: the embedded tiny Qwen2-VL).
+    # Model folder served by a started SGLang child (default: the embedded grid-VQA model, models/grid-vqa).
     model: str | None = None
     # Where the gateway loads the chat template from. Default: the model path SGLang reports on
     # `/model_info` (works when the gateway sees the same files, e.g. a shared volume in the pod).

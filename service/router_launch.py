@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--policy", default="round_robin", help="the router's policy (see the module docstring)")
     parser.add_argument("--port", type=int, default=8000, help="the gateway's port")
-    parser.add_argument("--model", help="model folder (default: the embedded tiny Qwen2-VL)")
+    parser.add_argument("--model", help="model folder (default: the embedded grid-VQA model)")
     parser.add_argument("--worker-policy", help="VLCACHE_POLICY of every worker (default: the plugin's, vlcache)")
     parser.add_argument("--worker-budget", type=float, help="VLCACHE_BUDGET of every worker (default 0.1)")
     args = parser.parse_args(argv)
@@ -137,11 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     from service.cli import main as gateway_main
 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    model = args.model
-    if model is None:
-        from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
+    from vlmodels.grid_vqa.spec import embedded_model_dir
 
-        model = str(ensure_tiny_qwen2vl())
+    model = args.model or str(embedded_model_dir())
     env = worker_env(args.worker_policy, args.worker_budget)
     with contextlib.ExitStack() as stack:
         workers = [

@@ -40,16 +40,15 @@ def allocate_counts(weights: torch.Tensor, total: int, lo: int, hi: int) -> list
         return [lo] * n
     if total >= n * hi:
         return [hi] * n
-    share = _water_fill(w, float(total), float(lo), float(hi))
-    counts = share.floor()
-    shortfall = total - int(counts.sum())
+    share = _water_fill(w, float(total), float(lo), float(hi)).tolist()  # L floats: rounded in Python
+    counts = [math.floor(x) for x in share]
+    shortfall = total - sum(counts)
     if shortfall > 0:
-        remainder = share - counts
-        remainder[counts >= hi] = -math.inf  # already at the cap: never rounded up
-        order = sorted(range(n), key=lambda i: (-float(remainder[i]), i))
+        remainder = [x - c if c < hi else -math.inf for x, c in zip(share, counts, strict=True)]  # capped: never up
+        order = sorted(range(n), key=lambda i: (-remainder[i], i))
         for i in order[:shortfall]:
             counts[i] += 1
-    return [int(c) for c in counts]
+    return counts
 
 
 def _water_fill(w: torch.Tensor, total: float, lo: float, hi: float) -> torch.Tensor:
@@ -62,6 +61,10 @@ def _water_fill(w: torch.Tensor, total: float, lo: float, hi: float) -> torch.Te
     low, high = 0.0, hi / float(w[w > 0].min())  # at `high` every weighted layer is capped
     for _ in range(200):
         mid = (low + high) / 2
+        # Adjacent floats: every further step leaves `high` as it is (f(low) < total always holds), so
+        # stopping here is exact; it ends after ~55 steps instead of 200 (each one a tensor op and a sync).
+        if mid in (low, high):
+            break
         if float((w * mid).clamp(lo, hi).sum()) < total:
             low = mid
         else:

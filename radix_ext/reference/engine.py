@@ -8,11 +8,12 @@ processor, which `generate()` calls first right after the prefill forward, trigg
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from radix_ext.policy import PromptLayout, Selection, attention_stats, get_policy, visual_spans_from_ids
 from radix_ext.reference.cache import CompressibleCache
@@ -56,8 +57,13 @@ def generate(
     return generate_from_inputs(model, inputs, policy, budget, max_new_tokens, **policy_options)
 
 
-def generate_from_inputs(model, inputs, policy="vlcache", budget=0.1, max_new_tokens=16, **policy_options):
-    """As `generate`, from processor outputs (batch size 1)."""
+def generate_from_inputs(model, inputs, policy="vlcache", budget=0.1, max_new_tokens=16, forced_tokens=(),
+                         **policy_options):  # fmt: skip
+    """As `generate`, from processor outputs (batch size 1).
+
+    `forced_tokens` are fed first, one per step over the compressed cache, before greedy decoding
+    (they count in `max_new_tokens` and are returned in `tokens`): a later chat turn continued over the
+    KV compressed for the first, i.e. what reusing a turn's compressed KV for a follow-up computes."""
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError("the reference engine runs one request at a time (batch size 1)")
     chosen = get_policy(policy, **policy_options)
@@ -65,20 +71,33 @@ def generate_from_inputs(model, inputs, policy="vlcache", budget=0.1, max_new_to
     text_config = model.config.get_text_config()
     cache = CompressibleCache(text_config.num_hidden_layers, chosen, layout, budget)
     rows = chosen.query_rows(layout)
+    m = layout.num_tokens
 
     attention_modules = [layer.self_attn for layer in _decoder_layers(model)]
     hooks = [
         module.register_forward_hook(_StatsHook(cache, layer_idx, rows), with_kwargs=True)
         for layer_idx, module in enumerate(attention_modules)
     ]
+    stop = {}
+    if forced_tokens:
+        # A forced end-of-turn token must not end generation, and `generate` refills an unset EOS from
+        # the model's defaults: EOS becomes the pad token (never part of a chat), and a criterion stops
+        # on the real EOS once the forced tokens are in.
+        config = copy.deepcopy(model.generation_config)
+        eos = config.eos_token_id
+        config.eos_token_id = config.pad_token_id
+        eos = {eos} if isinstance(eos, int) else set(eos or ())
+        after = _EosAfter(eos, m + len(forced_tokens))
+        stop = {"generation_config": config, "stopping_criteria": StoppingCriteriaList([after])}
     try:
         with torch.no_grad():
             out = model.generate(
                 **inputs,
+                **stop,
                 past_key_values=cache,
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
-                logits_processor=LogitsProcessorList([_CompressAfterPrefill(cache)]),
+                logits_processor=LogitsProcessorList([_CompressAfterPrefill(cache), _Force(forced_tokens, m)]),
                 output_logits=True,
                 return_dict_in_generate=True,
             )
@@ -87,7 +106,6 @@ def generate_from_inputs(model, inputs, policy="vlcache", budget=0.1, max_new_to
             hook.remove()
 
     selection = cache.compress()  # no-op unless generation stopped before the first decode step
-    m = layout.num_tokens
     per_token = 2 * text_config.num_key_value_heads * _head_dim(text_config) * _dtype_bytes(model)
     tokens = out.sequences[0, m:]
     logprobs = [float(torch.log_softmax(step[0].float(), -1)[t]) for step, t in zip(out.logits, tokens, strict=True)]
@@ -140,6 +158,32 @@ class _CompressAfterPrefill(LogitsProcessor):
     def __call__(self, input_ids, scores):
         self.cache.compress()
         return scores
+
+
+class _Force(LogitsProcessor):
+    """The `i`-th generated token is `forced[i]` while `i < len(forced)` (no other logits are touched)."""
+
+    def __init__(self, forced, prompt_len: int):
+        self.forced, self.prompt_len = list(forced), prompt_len
+
+    def __call__(self, input_ids, scores):
+        i = input_ids.shape[1] - self.prompt_len
+        if i < len(self.forced):
+            forced = torch.full_like(scores, -torch.inf)
+            forced[:, self.forced[i]] = 0.0
+            return forced
+        return scores
+
+
+class _EosAfter(StoppingCriteria):
+    """Done once a token of `eos` is generated at or after sequence position `start`."""
+
+    def __init__(self, eos: set[int], start: int):
+        self.eos, self.start = eos, start
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = input_ids.shape[1] > self.start and int(input_ids[0, -1]) in self.eos
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
 
 
 def _decoder_layers(model):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from vlmodels.grid_vqa.task import Sample
+from vlmodels.grid_vqa.task import COLOURS, SHAPES, Sample
 
 
 def prompt_text(processor, sample: Sample) -> str:
@@ -55,3 +55,24 @@ def answer_predictions(model, batch: dict) -> torch.Tensor:
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "answer_pos", "answer_ids")}
     logits = model(**inputs).logits
     return logits[torch.arange(logits.shape[0]), batch["answer_pos"]].argmax(-1)
+
+
+def cell_labels(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per merged visual token of the batch (every image in order, cells row-major, which is the order
+    Qwen2-VL's processor emits merged tokens for an image sized to whole cells): the shape index
+    (0 = empty, 1.. = `SHAPES`) and colour index (0 = empty, 1.. = `COLOURS`) drawn in that cell.
+
+    Training's auxiliary target: it teaches the vision tower to see each cell before the LM has learned
+    where to look, which question-answer loss alone did not (the answers' gradient to pixels is ~1e-5)."""
+    shapes, colours = [], []
+    for s in samples:
+        for image, (rows, cols) in enumerate(s.grids):
+            shape = torch.zeros(rows * cols, dtype=torch.long)
+            colour = torch.zeros(rows * cols, dtype=torch.long)
+            for o in s.objects:
+                if o.image == image:
+                    shape[o.row * cols + o.col] = SHAPES.index(o.shape) + 1
+                    colour[o.row * cols + o.col] = list(COLOURS).index(o.colour) + 1
+            shapes.append(shape)
+            colours.append(colour)
+    return torch.cat(shapes), torch.cat(colours)

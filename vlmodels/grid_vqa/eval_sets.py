@@ -6,9 +6,9 @@ Training sees 1-2 images of 6x6 to 10x10 cells; the study also asks about 4 imag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from vlmodels.grid_vqa.task import QUESTION_TYPES, Sample, make_sample
+from vlmodels.grid_vqa.task import QUESTION_TYPES, Sample, follow_up_questions, make_sample
 
 EVAL_SEED = 20_000  # training draws seeds near seed * 1_000_003; the held-out sets stay far away
 
@@ -41,4 +41,16 @@ def eval_samples(per_setting: int, settings=SETTINGS, seed: int = EVAL_SEED, bla
                             blank=blank)  # fmt: skip
             s.setting = setting.name
             out.append(s)
+    return out
+
+
+def follow_up_samples(per_setting: int, settings=SETTINGS[:2], seed: int = EVAL_SEED + 50_000) -> list[Sample]:
+    """Two-turn chats: `eval_samples`' question and its answer as the first turn, then a follow-up about
+    the same images (another question of `follow_up_questions`) that the sample asks and scores."""
+    out = []
+    for i, s in enumerate(eval_samples(per_setting, settings, seed)):
+        (qtype, question, answer), *_ = follow_up_questions(s, seed + i, 1) or [(None, None, None)]
+        if qtype is None:
+            continue  # nothing else to ask about these images
+        out.append(replace(s, qtype=qtype, question=question, answer=answer, history=[(s.question, s.answer)]))
     return out

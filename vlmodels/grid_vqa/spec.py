@@ -36,6 +36,14 @@ def committed_model_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "models" / MODEL_NAME
 
 
+def embedded_model_dir() -> Path:
+    """The model `vlcache-serve` serves when none is given: the committed folder, which must exist."""
+    path = committed_model_dir()
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} holds no model: it is committed; retrain it with `make train-model`")
+    return path
+
+
 def example_image_path() -> Path:
     return committed_model_dir() / "example.png"
 

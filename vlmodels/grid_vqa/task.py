@@ -16,7 +16,7 @@ Every answer is one word of `ANSWER_WORDS`, derivable from the sample's `objects
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image, ImageDraw
 
@@ -63,14 +63,25 @@ class Sample:
     target: str = ""  # the shape or colour the question names
     setting: str = ""  # the evaluation length setting it belongs to, if any
     images: list[Image.Image] = field(default_factory=list, repr=False)
+    history: list[tuple[str, str]] = field(default_factory=list)  # earlier (question, answer) turns
+
+    def first_turn(self) -> Sample:
+        """The chat's first turn alone (the images and the first question), when `history` is set."""
+        (question, answer), *_ = self.history
+        return replace(self, question=question, answer=answer, history=[])
 
     @property
     def visual_tokens(self) -> int:
         return sum(r * c for r, c in self.grids)
 
     def messages(self) -> list[dict]:
-        content = [{"type": "image"} for _ in self.grids] + [{"type": "text", "text": self.question}]
-        return [{"role": "user", "content": content}]
+        """The chat: the images with the first question, then each earlier answer and the next question."""
+        questions = [q for q, _ in self.history] + [self.question]
+        images = [{"type": "image"} for _ in self.grids]
+        chat = [{"role": "user", "content": images + [{"type": "text", "text": questions[0]}]}]
+        for (_, answer), question in zip(self.history, questions[1:], strict=True):
+            chat += [{"role": "assistant", "content": answer}, {"role": "user", "content": question}]
+        return chat
 
 
 def question_text(qtype: str, target: str) -> str:
@@ -195,14 +206,16 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, rgb, x0: int, y0: int) ->
         raise ValueError(f"unknown shape {shape!r}; allowed: {SHAPES}")
 
 
-def sample_stream(seed: int, qtypes=QUESTION_TYPES, num_images=(1, 2), grids=((8, 8),), blank=False):
+def sample_stream(seed: int, qtypes=QUESTION_TYPES, num_images=(1, 2), grids=((8, 8),), blank=False,
+                  objects_per_image=(3, 6)):  # fmt: skip
     """An endless deterministic stream of samples: sample `i` uses seed `seed * 1_000_003 + i`."""
     i = 0
     while True:
         rng = random.Random(seed * 1_000_003 + i)
         n = rng.choice(num_images)
         choices = [q for q in qtypes if q != "which" or n >= 2]
-        yield make_sample(seed * 1_000_003 + i, rng.choice(choices), n, rng.choice(grids), blank=blank)
+        grid = rng.choice(grids)
+        yield make_sample(seed * 1_000_003 + i, rng.choice(choices), n, grid, objects_per_image, blank=blank)
         i += 1
 
 

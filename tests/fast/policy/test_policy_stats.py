@@ -156,3 +156,18 @@ def test_sparsity_count_uses_threshold_on_logits():
     assert stats.sparsity.tolist() == [0.0]
     stats = attention_stats(q, k, torch.tensor([2]), scale=1.0, sparsity_threshold=0.6)
     assert stats.sparsity.tolist() == pytest.approx([2 / 3])
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2)])
+@pytest.mark.parametrize("rows", [[0, 1, 2], [40, 41, 90, 119], list(range(64, 120))])
+def test_single_pass_equals_the_chunked_passes(heads, kv_heads, rows):
+    """Small inputs take the one-pass path; tiny chunks force the two chunked passes on the same input."""
+    gen = torch.Generator().manual_seed(len(rows) + heads)
+    q = torch.randn(heads, len(rows), 16, generator=gen) * 2
+    k = torch.randn(kv_heads, 120, 16, generator=gen) * 2
+    pos = torch.tensor(rows)
+    one = attention_stats(q, k, pos)
+    chunked = attention_stats(q, k, pos, row_chunk=2, key_chunk=7)
+    assert one.num_rows == chunked.num_rows and one.causal_entries == chunked.causal_entries
+    assert torch.allclose(one.column_sums, chunked.column_sums, atol=1e-5)
+    assert torch.allclose(one.sparsity, chunked.sparsity, atol=1e-6)

@@ -87,6 +87,27 @@ def test_logprobs_equal_a_full_forward_over_prompt_and_answer(tiny):
     assert result.logprobs == pytest.approx(expected.tolist(), abs=1e-4)
 
 
+def test_forced_tokens_continue_the_prompt_as_if_they_were_part_of_it(tiny):
+    """Full cache: feeding a follow-up's tokens one per step gives the tokens (and logprobs) of one
+    prompt holding them; compressed, the forced tokens are still returned verbatim."""
+    model, processor = tiny
+    inputs = _inputs(processor, PROMPTS["one-image"])
+    follow_up = processor.tokenizer("<|im_end|>\n<|im_start|>user\nAnd the colour?<|im_end|>\n")["input_ids"]
+    forced = generate_from_inputs(model, inputs, "full", 1.0, len(follow_up) + 4, forced_tokens=follow_up)
+    assert forced.tokens[: len(follow_up)] == follow_up
+    ids = torch.cat([inputs["input_ids"], torch.tensor([follow_up])], 1)
+    longer = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if "mm_token_type_ids" in inputs:
+        longer["mm_token_type_ids"] = torch.cat(
+            [inputs["mm_token_type_ids"], torch.zeros_like(ids[:, : len(follow_up)])], 1
+        )
+    direct = generate_from_inputs(model, longer, "full", 1.0, 4)
+    assert forced.tokens[len(follow_up) :] == direct.tokens
+    assert forced.logprobs[len(follow_up) :] == pytest.approx(direct.logprobs, abs=1e-4)
+    compressed = generate_from_inputs(model, inputs, "vlcache", 0.1, len(follow_up) + 2, forced_tokens=follow_up)
+    assert compressed.selection.compressed and compressed.tokens[: len(follow_up)] == follow_up
+
+
 def test_compressed_decode_keeps_logical_positions(tiny):
     """After eviction, decode step t still gets position m + t (plus Qwen2-VL's M-RoPE delta)."""
     model, processor = tiny

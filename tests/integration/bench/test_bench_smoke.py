@@ -73,3 +73,45 @@ def test_throughput_benchmark_smoke(attach, tmp_path):
     payload = json.loads((tmp_path / "smoke.json").read_text())
     assert [r["side"] for r in payload["rows"]] == ["stock", "vlcache"]
     assert all(r["completed"] == 4 and r["failed"] == 0 for r in payload["rows"]), proc.stdout[-2000:]
+
+
+def test_accuracy_study_smoke(vlcache_server, tiny_model_dir, tmp_path):
+    """The study's harness on the tiny model (random weights: the accuracies mean nothing, the plumbing
+    does): every (label, budget) run, budgets realised, the reference cross-check, the plot."""
+    args = ["--backend-url", vlcache_server.url, "--model", str(tiny_model_dir), "--per-setting", "1",
+            "--budgets", "0.1", "1.0", "--blends", "0.5", "--policies", "vlcache", "snapkv", "vlcache_blend0.5",
+            "--reference-samples", "1", "--out", str(tmp_path / "acc.json")]  # fmt: skip
+    _run("bench.accuracy", args, tmp_path)
+    payload = json.loads((tmp_path / "acc.json").read_text())
+    runs = {(r["label"], r["budget"]): r for r in payload["runs"]}
+    assert set(runs) == {("full", 1.0), ("vlcache", 0.1), ("snapkv", 0.1), ("vlcache_blend0.5", 0.1),
+                         ("blank_images", 1.0)}  # fmt: skip
+    assert runs[("vlcache_blend0.5", 0.1)]["options"] == {"layer_budget_blend": 0.5}
+    for (_, budget), r in runs.items():
+        assert len(r["answers"]) == payload["questions"] == 3  # one per prompt-length setting
+        if budget < 1.0:  # every prompt is long enough to compress; the kept share is the budget
+            assert r["compressed_share"] == 1.0 and abs(r["realized_budget"] - 0.1) < 0.02, r
+    assert set(payload["reference_cross_check"]) == {"full@1", "vlcache@0.1", "snapkv@0.1"}
+    assert (tmp_path / "acc.png").stat().st_size > 0
+
+
+def test_hit_rate_diagnostic_smoke(tiny_model_dir, tmp_path):
+    args = ["--model", str(tiny_model_dir), "--per-setting", "1", "--budgets", "0.1",
+            "--policies", "vlcache", "streamingllm", "--out-dir", str(tmp_path)]  # fmt: skip
+    _run("bench.hit_rate", args, tmp_path)
+    results = json.loads((tmp_path / "accuracy_hit_rate.json").read_text())["results"]
+    assert set(results) == {"vlcache@0.1", "streamingllm@0.1"}
+    for r in results.values():
+        assert r["n"] == 2 and len(r["hit_rate"]) == 4 and all(0.0 <= h <= 1.0 for h in r["hit_rate"])
+    assert all((tmp_path / f"accuracy_hit_rate_{p}.png").stat().st_size > 0 for p in ("vlcache", "streamingllm"))
+
+
+def test_followup_study_smoke(vlcache_server, tiny_model_dir, tmp_path):
+    """Every design row is there, and `lazy`'s follow-ups were served from the cache turn 1 left."""
+    args = ["--backend-url", vlcache_server.url, "--model", str(tiny_model_dir), "--per-setting", "1",
+            "--budgets", "0.1", "--out", str(tmp_path / "followup.json")]  # fmt: skip
+    _run("bench.followup", args, tmp_path)
+    summary = json.loads((tmp_path / "followup.json").read_text())["summary"]
+    assert set(summary) == {"full", "lazy@0.1", "fresh@0.1", "compressed@0.1"}
+    assert summary["lazy@0.1"]["mean_cached_tokens"] > 100  # the images, at least, came from the tree
+    assert (tmp_path / "followup.png").stat().st_size > 0

@@ -1,5 +1,6 @@
-"""`vlcache-serve` as a person runs it: its own SGLang child on the tiny model, a short readable start,
-and a graceful stop on Ctrl-C with a request in flight.
+"""`vlcache-serve` as a person runs it: its own SGLang child on the embedded grid-VQA model, a short
+readable start, the banner's example answered right, and a graceful stop on Ctrl-C with a request in
+flight.
 
 The test waits on events only: the process's output lines (read by a thread into a queue), the
 first streamed token, the process's exit.
@@ -18,8 +19,9 @@ import threading
 
 import httpx
 
-from service.cli import BANNER_END
+from service.cli import BANNER_END, example_body
 from service.sglang_process import free_port
+from vlmodels.grid_vqa.spec import example_sample
 
 MAX_LINES_BEFORE_SNIPPETS = 30
 # The stop is bounded by the CLI's own timers (--shutdown-timeout, then SIGKILL of SGLang's group after 8 s);
@@ -77,6 +79,13 @@ def test_start_is_short_and_ctrl_c_stops_cleanly_with_a_request_in_flight(tmp_pa
         assert not any("Traceback" in line for line in out.lines), "\n".join(out.lines)
         log_path = re.search(r"its log: (\S+)", "\n".join(before)).group(1)
         engine_port = int(re.search(r"on http://127\.0\.0\.1:(\d+);", "\n".join(before)).group(1))
+
+        # The request the banner prints (the example grid, "What colour is the star?", vlcache @ 0.1).
+        resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=example_body("default"), timeout=120)
+        assert resp.status_code == 200, resp.text
+        answer = resp.json()["choices"][0]["message"]["content"].strip()
+        assert answer == example_sample().answer, (answer, resp.json()["usage"])
+        assert resp.json()["usage"]["kv_cache"]["compressed"], resp.json()["usage"]
 
         # A streamed answer far longer than the 1 s drain time: the stop ends it.
         first_token = threading.Event()

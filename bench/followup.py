@@ -1,0 +1,195 @@
+"""Follow-up accuracy per multi-turn design, on the grid-VQA model: what reusing a turn costs in answers.
+
+Two-turn chats (`vlmodels.grid_vqa.eval_sets.follow_up_samples`): the images with a first question and
+its answer, then a follow-up about the same images; the follow-up is scored. Designs, per budget:
+
+    full                 the full cache (the reference point)
+    lazy  (SGLang)       the served default: turn 1 is sent first, turn 2 gets a prefix hit on the
+                         prompt KV turn 1 left in the radix tree, and is compressed anew for its own
+                         question (`reuse: lazy`, docs/multiturn.md); cached tokens are recorded
+    fresh (reference)    the same compression in the transformers reference engine, over the whole
+                         conversation: what `lazy` computes, in the engine the next row runs in
+    compressed (reference)  turn 2 continued over turn 1's compressed KV: the kept set chosen for the
+                         first question, the follow-up's tokens fed over it (`forced_tokens`), i.e.
+                         compressed-prefix reuse (not built in the plugin; this measures its price)
+
+Prints a table (accuracy by design and budget, by follow-up type at 0.1) and writes
+`bench/results/followup.{json,png}`.
+
+    .venv/bin/python -m bench.followup [--per-setting 32] [--budgets 0.05 0.1 0.2] [--backend-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import torch
+from tqdm import tqdm
+
+from bench.accuracy import _data_url, _first_word
+from bench.harness import RESULTS, flush
+from radix_ext.reference.engine import generate, generate_from_inputs
+from vlmodels.grid_vqa.eval_sets import follow_up_samples
+from vlmodels.grid_vqa.spec import committed_model_dir
+
+BUDGETS = (0.05, 0.1, 0.2)
+POLICY = "vlcache"
+
+
+def ask_sglang(client: httpx.Client, processor, sample, vl: dict) -> dict:
+    prompt = processor.apply_chat_template(sample.messages(), add_generation_prompt=True)
+    params = {"temperature": 0, "max_new_tokens": 2, "custom_params": {"vl_cache": vl}}
+    body = {"text": prompt, "image_data": [_data_url(img) for img in sample.images], "sampling_params": params}
+    resp = client.post("/generate", json=body)
+    resp.raise_for_status()
+    out = resp.json()
+    return {"answer": _first_word(out["text"]), "cached_tokens": out["meta_info"].get("cached_tokens", 0)}
+
+
+def sglang_rows(url: str, processor, samples, budgets) -> dict:
+    """`full` and `lazy@b` answers through the plugin; for `lazy`, turn 1 is served first each time."""
+    rows = {}
+    with httpx.Client(base_url=url, timeout=300) as client:
+        runs = [("full", {"policy": "full", "budget": 1.0})]
+        runs += [(f"lazy@{b:g}", {"policy": POLICY, "budget": b, "reuse": "lazy"}) for b in budgets]
+        for label, vl in tqdm(runs, desc="sglang", unit="design"):
+            flush(url)  # each design starts from an empty tree: its hits are its own turn 1's
+            outs = []
+            for s in samples:
+                if label != "full":
+                    ask_sglang(client, processor, s.first_turn(), vl)
+                outs.append(ask_sglang(client, processor, s, vl))
+            rows[label] = outs
+    return rows
+
+
+def reference_rows(model, processor, samples, budgets) -> dict:
+    """`fresh@b` (the whole conversation compressed) and `compressed@b` (turn 2 over turn 1's kept KV)."""
+    rows = defaultdict(list)
+    decode = processor.tokenizer.decode
+    for s in tqdm(samples, desc="reference", unit="chat"):
+        first = processor.apply_chat_template(s.first_turn().messages(), add_generation_prompt=True)
+        whole = processor.apply_chat_template(s.messages(), add_generation_prompt=True)
+        assert whole.startswith(first), "the follow-up's prompt must extend the first turn's"
+        follow = processor.tokenizer(whole[len(first) :], add_special_tokens=False)["input_ids"]
+        inputs = processor(text=[first], images=s.images, return_tensors="pt")
+        for b in budgets:
+            res = generate(model, processor, s.messages(), images=s.images, policy=POLICY, budget=b, max_new_tokens=2)
+            rows[f"fresh@{b:g}"].append({"answer": _first_word(decode(res.tokens, skip_special_tokens=True))})
+            res = generate_from_inputs(model, inputs, POLICY, b, len(follow) + 2, forced_tokens=follow)
+            answer = decode(res.tokens[len(follow) :], skip_special_tokens=True)
+            rows[f"compressed@{b:g}"].append({"answer": _first_word(answer)})
+    return dict(rows)
+
+
+def summarise(rows: dict, samples) -> dict:
+    out = {}
+    for label, outs in rows.items():
+        right, total = defaultdict(int), defaultdict(int)
+        for s, o in zip(samples, outs, strict=True):
+            for key in ("all", f"type:{s.qtype}"):
+                right[key] += o["answer"] == s.answer
+                total[key] += 1
+        out[label] = {"accuracy": {k: right[k] / total[k] for k in sorted(total)}, "n": total["all"]}
+        if "cached_tokens" in outs[0]:
+            out[label]["mean_cached_tokens"] = sum(o["cached_tokens"] for o in outs) / len(outs)
+    return out
+
+
+def table(summary: dict, budgets) -> str:
+    full = summary["full"]["accuracy"]["all"]
+    lines = [f"follow-up accuracy (policy {POLICY}); full cache: {full:.3f}",
+             f"{'design':<12}" + "".join(f"{'@' + format(b, 'g'):>9}" for b in budgets) + f"{'@0.1 / full':>13}"]  # fmt: skip
+    for design in ("lazy", "fresh", "compressed"):
+        accs = [summary.get(f"{design}@{b:g}", {}).get("accuracy", {}).get("all") for b in budgets]
+        if all(a is None for a in accs):
+            continue
+        at_10 = summary.get(f"{design}@0.1", {}).get("accuracy", {}).get("all")
+        ratio = f"{at_10 / full:>13.3f}" if at_10 is not None and full else f"{'-':>13}"
+        lines.append(f"{design:<12}" + "".join(f"{a:>9.3f}" if a is not None else f"{'-':>9}" for a in accs) + ratio)
+    types = [k for k in summary["full"]["accuracy"] if k.startswith("type:")]
+    lines += ["", f"{'@0.1 by type':<16}" + "".join(f"{t[5:]:>9}" for t in types)]
+    for label in ["full"] + [f"{d}@0.1" for d in ("lazy", "fresh", "compressed")]:
+        if label in summary:
+            lines.append(f"{label:<16}" + "".join(f"{summary[label]['accuracy'].get(t, 0):>9.3f}" for t in types))
+    cached = {k: v["mean_cached_tokens"] for k, v in summary.items() if "mean_cached_tokens" in v}
+    if cached:
+        lines += [
+            "",
+            "SGLang cached tokens per follow-up (mean): " + ", ".join(f"{k} {v:.0f}" for k, v in cached.items()),
+        ]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def plot(summary: dict, budgets, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for design, style in (("lazy", "-o"), ("fresh", ":s"), ("compressed", "-^")):
+        xs = [b for b in budgets if f"{design}@{b:g}" in summary]
+        if xs:
+            ax.plot(xs, [summary[f"{design}@{b:g}"]["accuracy"]["all"] for b in xs], style, label=design)
+    ax.axhline(summary["full"]["accuracy"]["all"], color="k", lw=1, ls="--", label="full cache")
+    ax.set(xscale="log", xlabel="KV budget", ylabel="follow-up accuracy", title="Turn-2 accuracy per reuse design")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-setting", type=int, default=32, help="first questions per setting (1 and 2 images)")
+    parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
+    parser.add_argument("--model", type=Path, default=committed_model_dir())
+    parser.add_argument("--backend-url", default=None, help="SGLang with the plugin selected (default: start one)")
+    parser.add_argument("--no-sglang", action="store_true", help="reference engine rows only")
+    parser.add_argument("--out", type=Path, default=RESULTS / "followup.json")
+    args = parser.parse_args()
+
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    processor = AutoProcessor.from_pretrained(args.model)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
+    samples = follow_up_samples(args.per_setting)
+    rows = reference_rows(model, processor, samples, args.budgets)
+    if not args.no_sglang:
+        rows.update(_sglang(args, processor, samples))
+    else:  # the full-cache reference point from the reference engine
+        res = [generate(model, processor, s.messages(), images=s.images, policy="full", budget=1.0,
+                        max_new_tokens=2) for s in samples]  # fmt: skip
+        rows["full"] = [{"answer": _first_word(processor.tokenizer.decode(r.tokens, skip_special_tokens=True))}
+                        for r in res]  # fmt: skip
+    summary = summarise(rows, samples)
+    text = table(summary, args.budgets)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": args.model.name, "policy": POLICY, "budgets": args.budgets, "chats": len(samples),
+               "summary": summary, "table": text}  # fmt: skip
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    plot(summary, args.budgets, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def _sglang(args, processor, samples) -> dict:
+    if args.backend_url:
+        return sglang_rows(args.backend_url, processor, samples, args.budgets)
+    from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+
+    RESULTS.mkdir(exist_ok=True)
+    config = SGLangServerConfig(model_path=str(args.model), port=free_port())
+    with open(RESULTS / "followup.sglang.log", "w") as log, SGLangServer(config, log=log):
+        return sglang_rows(config.url, processor, samples, args.budgets)
+
+
+if __name__ == "__main__":
+    main()
