@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from radix_ext.policy.budgets import (
+    _water_fill,  # the bisection itself: its early stop must be exact
     allocate_counts,
     count_bounds,
     pyramid_counts,
@@ -136,6 +137,31 @@ def test_allocate_counts_properties(weights, lo, span, data):
     counts = allocate_counts(torch.tensor(weights, dtype=torch.float64), total, lo, hi)
     assert all(lo <= c <= hi for c in counts), (weights, total, lo, hi, counts)
     assert sum(counts) == total, (weights, total, lo, hi, counts)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    weights=st.lists(st.one_of(st.just(0.0), st.just(1e-13), st.floats(0.0, 10.0)), min_size=1, max_size=40),
+    lo=st.integers(1, 5),
+    span=st.integers(2, 3000),
+    data=st.data(),
+)
+def test_water_fill_stops_early_on_the_level_of_the_full_bisection(weights, lo, span, data):
+    """`_water_fill` stops once its bracket is two adjacent floats; the full 200 steps (written out here)
+    would not move `high` from there, so shares (and counts) are bit-identical."""
+    hi = lo + span
+    w = torch.tensor(weights, dtype=torch.float64)
+    total = float(data.draw(st.integers(len(weights) * lo + 1, len(weights) * hi - 1), label="total"))
+    if float(w.max()) <= 0:
+        return
+    u = w / float(w.max())
+    u = torch.where(u < 1e-12, torch.zeros_like(u), u)
+    low, high = 0.0, hi / float(u[u > 0].min())
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if float((u * mid).clamp(lo, hi).sum()) < total else (low, mid)
+    full = (u * high).clamp(lo, hi)
+    assert torch.equal(_water_fill(w, total, float(lo), float(hi))[u > 0], full[u > 0])
 
 
 def test_allocate_counts_zero_weight_layer_takes_what_the_capped_layers_cannot():
