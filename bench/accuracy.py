@@ -55,6 +55,11 @@ def _first_word(text: str) -> str:
     return words[0].strip(".,!?").lower() if words else ""
 
 
+def reference_answer(processor, tokens) -> str:
+    """The scored answer of generated token ids (the reference engine's output), as `_first_word`."""
+    return _first_word(processor.tokenizer.decode(tokens, skip_special_tokens=True))
+
+
 class Asker:
     """Sends one question under one policy; prompts and data URLs are built once per sample."""
 
@@ -72,7 +77,8 @@ class Asker:
             raise RuntimeError(f"SGLang refused {policy}@{budget}: {resp.status_code} {resp.text[:300]}")
         out = resp.json()
         (report,) = out["meta_info"]["vl_cache"]
-        return {"text": out["text"], "realized_budget": report["realized_budget"], "compressed": report["compressed"]}
+        return {"text": out["text"], "realized_budget": report["realized_budget"], "compressed": report["compressed"],
+                "cached_tokens": out["meta_info"].get("cached_tokens", 0)}  # fmt: skip
 
 
 def run_study(client, processor, samples, configs, budgets, concurrency=8, blank_samples=None, progress=True):
@@ -127,7 +133,7 @@ def reference_cross_check(model_dir, samples, sglang_records, runs) -> dict:
         for i, s in enumerate(samples):
             res = generate(model, processor, s.messages(), images=s.images, policy=policy, budget=budget,
                            max_new_tokens=2, **options)  # fmt: skip
-            answer = _first_word(processor.tokenizer.decode(res.tokens, skip_special_tokens=True))
+            answer = reference_answer(processor, res.tokens)
             agree += answer == sg[i]
             right += answer == s.answer
         out[f"{label}@{budget:g}"] = {"agreement": agree / len(samples), "reference_accuracy": right / len(samples),

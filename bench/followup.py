@@ -30,7 +30,7 @@ import httpx
 import torch
 from tqdm import tqdm
 
-from bench.accuracy import _data_url, _first_word
+from bench.accuracy import Asker, _first_word, reference_answer
 from bench.harness import RESULTS, flush
 from radix_ext.reference.engine import generate, generate_from_inputs
 from vlmodels.grid_vqa.eval_sets import follow_up_samples
@@ -40,29 +40,22 @@ BUDGETS = (0.05, 0.1, 0.2)
 POLICY = "vlcache"
 
 
-def ask_sglang(client: httpx.Client, processor, sample, vl: dict) -> dict:
-    prompt = processor.apply_chat_template(sample.messages(), add_generation_prompt=True)
-    params = {"temperature": 0, "max_new_tokens": 2, "custom_params": {"vl_cache": vl}}
-    body = {"text": prompt, "image_data": [_data_url(img) for img in sample.images], "sampling_params": params}
-    resp = client.post("/generate", json=body)
-    resp.raise_for_status()
-    out = resp.json()
-    return {"answer": _first_word(out["text"]), "cached_tokens": out["meta_info"].get("cached_tokens", 0)}
-
-
 def sglang_rows(url: str, processor, samples, budgets) -> dict:
     """`full` and `lazy@b` answers through the plugin; for `lazy`, turn 1 is served first each time."""
     rows = {}
     with httpx.Client(base_url=url, timeout=300) as client:
-        runs = [("full", {"policy": "full", "budget": 1.0})]
-        runs += [(f"lazy@{b:g}", {"policy": POLICY, "budget": b, "reuse": "lazy"}) for b in budgets]
-        for label, vl in tqdm(runs, desc="sglang", unit="design"):
+        follow_ups = Asker(client, processor, samples)
+        first_turns = Asker(client, processor, [s.first_turn() for s in samples])
+        runs = [("full", "full", 1.0, {})]
+        runs += [(f"lazy@{b:g}", POLICY, b, {"reuse": "lazy"}) for b in budgets]
+        for label, policy, budget, options in tqdm(runs, desc="sglang", unit="design"):
             flush(url)  # each design starts from an empty tree: its hits are its own turn 1's
             outs = []
-            for s in samples:
+            for i in range(len(samples)):
                 if label != "full":
-                    ask_sglang(client, processor, s.first_turn(), vl)
-                outs.append(ask_sglang(client, processor, s, vl))
+                    first_turns.ask(i, policy, budget, options)
+                out = follow_ups.ask(i, policy, budget, options)
+                outs.append({"answer": _first_word(out["text"]), "cached_tokens": out["cached_tokens"]})
             rows[label] = outs
     return rows
 
@@ -70,7 +63,6 @@ def sglang_rows(url: str, processor, samples, budgets) -> dict:
 def reference_rows(model, processor, samples, budgets) -> dict:
     """`fresh@b` (the whole conversation compressed) and `compressed@b` (turn 2 over turn 1's kept KV)."""
     rows = defaultdict(list)
-    decode = processor.tokenizer.decode
     for s in tqdm(samples, desc="reference", unit="chat"):
         first = processor.apply_chat_template(s.first_turn().messages(), add_generation_prompt=True)
         whole = processor.apply_chat_template(s.messages(), add_generation_prompt=True)
@@ -79,10 +71,9 @@ def reference_rows(model, processor, samples, budgets) -> dict:
         inputs = processor(text=[first], images=s.images, return_tensors="pt")
         for b in budgets:
             res = generate(model, processor, s.messages(), images=s.images, policy=POLICY, budget=b, max_new_tokens=2)
-            rows[f"fresh@{b:g}"].append({"answer": _first_word(decode(res.tokens, skip_special_tokens=True))})
+            rows[f"fresh@{b:g}"].append({"answer": reference_answer(processor, res.tokens)})
             res = generate_from_inputs(model, inputs, POLICY, b, len(follow) + 2, forced_tokens=follow)
-            answer = decode(res.tokens[len(follow) :], skip_special_tokens=True)
-            rows[f"compressed@{b:g}"].append({"answer": _first_word(answer)})
+            rows[f"compressed@{b:g}"].append({"answer": reference_answer(processor, res.tokens[len(follow) :])})
     return dict(rows)
 
 
@@ -168,8 +159,7 @@ def main() -> None:
     else:  # the full-cache reference point from the reference engine
         res = [generate(model, processor, s.messages(), images=s.images, policy="full", budget=1.0,
                         max_new_tokens=2) for s in samples]  # fmt: skip
-        rows["full"] = [{"answer": _first_word(processor.tokenizer.decode(r.tokens, skip_special_tokens=True))}
-                        for r in res]  # fmt: skip
+        rows["full"] = [{"answer": reference_answer(processor, r.tokens)} for r in res]
     summary = summarise(rows, samples)
     text = table(summary, args.budgets)
     args.out.parent.mkdir(parents=True, exist_ok=True)
