@@ -17,9 +17,7 @@ Prints accuracy tables (overall, by question type and by prompt length at 5% and
 from __future__ import annotations
 
 import argparse
-import base64
 import functools
-import io
 import json
 import time
 from collections import defaultdict
@@ -29,7 +27,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from bench.harness import RESULTS
+from bench.harness import RESULTS, png_data_url
 from radix_ext.policy import available_policies
 from vlmodels.grid_vqa.eval_sets import SETTINGS, eval_samples
 from vlmodels.grid_vqa.spec import committed_model_dir
@@ -42,12 +40,6 @@ def study_configs(blends=BLENDS) -> list[tuple[str, str, dict]]:
     """(label, policy, options): every registered policy but `full`, then VL-Cache blends."""
     configs = [(name, name, {}) for name in available_policies() if name != "full"]
     return configs + [(f"vlcache_blend{b:g}", "vlcache", {"layer_budget_blend": b}) for b in blends]
-
-
-def _data_url(img) -> str:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _first_word(text: str) -> str:
@@ -66,7 +58,7 @@ class Asker:
     def __init__(self, client: httpx.Client, processor, samples):
         self.client = client
         self.prompts = [processor.apply_chat_template(s.messages(), add_generation_prompt=True) for s in samples]
-        self.images = [[_data_url(img) for img in s.images] for s in samples]
+        self.images = [[png_data_url(img) for img in s.images] for s in samples]
 
     def ask(self, i: int, policy: str, budget: float, options: dict) -> dict:
         vl = {"policy": policy, "budget": budget, **options}

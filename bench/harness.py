@@ -16,10 +16,12 @@ import io
 import json
 import os
 import random
+import signal
 import statistics
 import sys
+import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,8 +49,13 @@ def noise_image(seed: int, side: int = IMAGE_SIDE) -> str:
     small.putdata(
         [(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(small.width * small.height)]
     )
+    return png_data_url(small.resize((side, side), Image.NEAREST))
+
+
+def png_data_url(img: Image.Image) -> str:
+    """A PIL image as a `data:image/png;base64,...` URL (saved as is, no mode conversion)."""
     buf = io.BytesIO()
-    small.resize((side, side), Image.NEAREST).save(buf, "PNG")
+    img.save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -88,6 +95,24 @@ def bench_server_config(
     )
 
 
+@contextmanager
+def sigterm_raises_exit():
+    """While inside, SIGTERM raises SystemExit(143), so `finally`/`__exit__` cleanup (stopping SGLang) runs."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works in the main thread only
+        yield
+        return
+
+    def _raise(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM must not interrupt that cleanup
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+
+
 class Servers(ExitStack):
     """Named servers, started one after the other, stopped together; logs under bench/results/.
     `attach` maps a name to the URL of a server already running (the smoke tests): nothing is started."""
@@ -95,11 +120,15 @@ class Servers(ExitStack):
     def __init__(self, stem: str, attach: dict[str, str] | None = None):
         super().__init__()
         self.stem, self.urls, self.attach = stem, {}, attach or {}
+        self.started_any = False
 
     def start(self, name: str, config: SGLangServerConfig, extra_env: dict | None = None) -> str:
         if self.attach.get(name):
             self.urls[name] = self.attach[name]
             return self.attach[name]
+        if not self.started_any:  # a SIGTERM (a killed bench run) must stop every server started, too
+            self.enter_context(sigterm_raises_exit())
+            self.started_any = True
         RESULTS.mkdir(exist_ok=True)
         log = self.enter_context(open(RESULTS / f"{self.stem}.{name}.log", "w"))
         progress(f"starting SGLang '{name}' ({'plugin' if config.kv_compression else 'stock'}) on {config.url}")

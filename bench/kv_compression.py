@@ -12,14 +12,13 @@ Writes `bench/results/kv_compression.png` (KV kept vs budget; per-layer budgets 
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import time
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
+from bench.harness import png_data_url
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
 from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
 
@@ -30,9 +29,7 @@ def _image(size, color, stripe):
     img = Image.new("RGB", size, color)
     for x in range(0, size[0], stripe):
         img.paste((255 - color[0], 255 - color[1], 255 - color[2]), (x, 0, x + stripe // 3, size[1]))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return png_data_url(img)
 
 
 def main() -> None:

@@ -67,6 +67,12 @@ class KVReport(BaseModel):
     kept_positions: list[list[int]] | None = Field(
         default=None, description=f"kept prompt positions per layer (only with `{OPTION_REPORT_KEPT}: true`)"
     )
+    reused_prefix_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="prompt tokens read as an earlier turn left them compressed (`reuse: compressed`); "
+        "only the rest was prefilled, and nothing was scored",
+    )
 
     def to_wire(self) -> dict:
         """The JSON object the plugin puts in `meta_info[REQUEST_KEY]` (absent optional fields left out)."""

@@ -72,21 +72,29 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
             plans=[pool.plans.get(rid) for rid in rids],
         )
 
-    def _extend_table(self, layer_id: int):
-        """`[bs, max_len]` physical ids each request of the extend batch reads in this layer, and their lengths."""
+    def _extend_table(self, layer_id: int, prefix_lens):
+        """`[bs, max_len]` physical ids each request of the extend batch reads in this layer, their lengths
+        and prefix lengths. A prefix reused compressed (`reuse: compressed`) holds no slot in this layer
+        for the tokens an earlier turn evicted here (0): those are left out, as its decode would."""
         per_req = [self.token_to_kv_pool.physical_indices(layer_id, logical) for logical in self._extend.logical]
+        prefix_lens = [int(n) for n in prefix_lens]
+        for i, t in enumerate(per_req):
+            held = t != 0
+            if not bool(held.all()):  # only prefix slots can be unheld: the new tokens were just allocated
+                per_req[i] = t[held]
+                prefix_lens[i] -= t.numel() - per_req[i].numel()
         lengths = [t.numel() for t in per_req]
         table = torch.zeros((len(per_req), max(lengths, default=0)), dtype=torch.int64, device=self.device)
         for i, t in enumerate(per_req):
             table[i, : t.numel()] = t
-        return table, lengths
+        return table, lengths, prefix_lens
 
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True):
         if save_kv_cache and k is not None and v is not None:
             self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
         if any(view is not None for view in self._extend.views):
             raise RuntimeError("an extend reached a compressed request: compressed requests only decode")
-        table, lengths = self._extend_table(layer.layer_id)
+        table, lengths, prefix_lens = self._extend_table(layer.layer_id, forward_batch.extend_prefix_lens_cpu)
         q_ = q.view(-1, layer.tp_q_head_num, layer.qk_head_dim)
         o = q.new_empty((q.shape[0], layer.tp_q_head_num * layer.v_head_dim))
         self._run_sdpa_forward_extend(
@@ -97,7 +105,7 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
             table,
             torch.arange(len(lengths)),
             torch.tensor(lengths),
-            forward_batch.extend_prefix_lens,
+            torch.tensor(prefix_lens),
             forward_batch.extend_seq_lens,
             None,
             scaling=layer.scaling,
@@ -141,7 +149,7 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
         layer_idx = layer.layer_id - self.token_to_kv_pool.start_layer
         for i, plan in enumerate(self._extend.plans):
             prefix, extend = int(prefix_lens[i]), int(extend_lens[i])
-            if plan is not None and plan.rows.numel():
+            if plan is not None and plan.will_compress and plan.rows.numel():
                 rows = plan.rows[(plan.rows >= prefix) & (plan.rows < prefix + extend)]
                 if rows.numel():
                     with Stopwatch() as watch:

@@ -7,6 +7,10 @@ on the request's `reuse` mode (`docs/multiturn.md`):
 - `lazy`: the kept tokens are copied into private slots of the request (its row points at them), and
   the whole prompt KV, exact, goes to the radix tree as ordinary evictable cache (the request drops its
   lock on the matched prefix too), so a follow-up turn gets a prefix hit and memory pressure reclaims it;
+- `compressed`: as `off` now, then the request may enter the tree again: SGLang checkpoints its prompt
+  right after this step and its output at finish, compressed (slots held in the kept layers only),
+  under its policy's namespace. A follow-up that read such a prefix is not compressed again:
+  `compress_request` only reports what it holds;
 - `off` (or no room for the copy): the evicted tokens' physical slots that the request owns alone are
   freed at once, per layer; tokens below `cache_protected_len` belong to the tree (a shared prefix):
   the request stops reading them but they stay with the tree, locked until the request ends.
@@ -15,7 +19,6 @@ on the request's `reuse` mode (`docs/multiturn.md`):
 from __future__ import annotations
 
 import torch
-from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 
 from radix_ext.contract import KVReport
 from radix_ext.sglang.layerwise_allocator import LayerwiseTokenAllocator
@@ -29,6 +32,10 @@ def compress_request(
     """Apply `plan` to `req` (its prompt KV is complete); returns the per-request report. `tree` is the
     `VLCacheRadixCache` (None: as `reuse: off`)."""
     m, num_layers = plan.layout.num_tokens, pool.layer_num
+    if plan.reuse == "compressed":  # from now on SGLang checkpoints it into its namespace, as any request
+        req.skip_radix_cache_insert = plan.client_skip_insert
+    if plan.reused_prefix:
+        return _reused_prefix_report(req, plan, pool, allocator, req_to_token)
     with Stopwatch() as watch:
         stats = plan.layer_stats(num_layers, pool.head_num)
         selection = plan.policy.select(stats, plan.layout, plan.budget)
@@ -55,6 +62,32 @@ def compress_request(
         realized_budget=selection.realized_budget,
         scoring_ms=(plan.scoring_s + watch.seconds) * 1000.0,
         kept_positions=[keep.tolist() for keep in selection.keep] if plan.report_kept else None,
+    ).to_wire()
+
+
+def _reused_prefix_report(req, plan, pool, allocator, req_to_token) -> dict:
+    """A follow-up over a compressed prefix (`reuse: compressed`) holds, in layer `l`, the prefix tokens
+    the earlier turn kept there plus everything after them: report that, as read from the slot table."""
+    m, num_layers = plan.layout.num_tokens, pool.layer_num
+    logical = req_to_token[req.kv.req_pool_idx, :m].to(torch.int64)
+    held = allocator.slot_table.phys[:, logical] != 0  # [L, m]
+    kept = held.sum(1).tolist()
+    token_bytes = pool.token_bytes_per_layer()
+    return KVReport(
+        policy=plan.policy.name,
+        budget=plan.budget,
+        compressed=sum(kept) < m * num_layers,
+        reason=None if sum(kept) < m * num_layers else "the reused prefix was not compressed",
+        prompt_tokens=m,
+        visual_tokens=plan.layout.num_visual_tokens,
+        kept_tokens_per_layer=kept,
+        freed_slots_per_layer=[0] * num_layers,
+        kv_bytes_full=token_bytes * m * num_layers,
+        kv_bytes_kept=token_bytes * sum(kept),
+        realized_budget=sum(kept) / (m * num_layers) if m else 1.0,
+        scoring_ms=0.0,
+        kept_positions=[row.nonzero().flatten().tolist() for row in held] if plan.report_kept else None,
+        reused_prefix_tokens=plan.reused_prefix,
     ).to_wire()
 
 
@@ -92,8 +125,7 @@ def _private_copy(logical, keep, pool, allocator, tree):
         free = table.free_per_layer()
         return max(m - allocator.logical_available_size(), *(n - f for n, f in zip(need, free, strict=True)))
 
-    if shortfall() > 0:
-        tree.evict(EvictParams(num_tokens=shortfall()))
+    tree.evict_until(shortfall)
     if shortfall() > 0:
         return None
     private = allocator.alloc_unbacked(m)

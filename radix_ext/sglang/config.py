@@ -3,8 +3,8 @@
 `VLCACHE_POLICY` (default `vlcache`), `VLCACHE_BUDGET` (default 0.1), `VLCACHE_POLICY_OPTIONS` (a JSON
 object of policy options), `VLCACHE_LOGICAL_SLOTS_FACTOR` (logical slots per physical slot, default 4:
 logical slots are cheap indices; compressed requests keep theirs while freeing physical ones),
-`VLCACHE_REUSE` (what a compressed request leaves for a follow-up turn, `lazy` or `off`, default `lazy`:
-see `docs/multiturn.md`). A request overrides policy, budget, options and reuse with
+`VLCACHE_REUSE` (what a compressed request leaves for a follow-up turn, `lazy`, `compressed` or `off`,
+default `lazy`: see `docs/multiturn.md`). A request overrides policy, budget, options and reuse with
 `custom_params: {"vl_cache": {...}}`.
 """
 
@@ -21,8 +21,10 @@ RADIX_CACHE_BACKEND = "vlcache"
 ATTENTION_BACKEND = "vlcache_torch_native"
 TRITON_ATTENTION_BACKEND = "vlcache_triton"  # SGLang's Triton kernels, per-layer views: the CUDA default
 # lazy: the prompt's full KV goes to the radix tree as evictable cache, the request reads a private copy
-# of its kept tokens; off: the evicted tokens' slots are freed at once and nothing enters the tree.
-REUSE_MODES = ("lazy", "off")
+# of its kept tokens; compressed: the turn's compressed KV (kept tokens + output) enters the tree in a
+# namespace of its own, and a follow-up prefills only its new text over it; off: the evicted tokens'
+# slots are freed at once and nothing enters the tree.
+REUSE_MODES = ("lazy", "compressed", "off")
 
 
 @dataclass(frozen=True)

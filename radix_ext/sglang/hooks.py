@@ -168,9 +168,18 @@ def plan_request(scheduler, req, *args, **kwargs):
         # Beam members share the leader's prompt row without a view of their own.
         req.set_finish_with_abort(f"{REQUEST_KEY} compression does not support beam search; use policy 'full'")
         return None
+    if plan.reuse == "compressed" and scheduler.server_args.attention_backend != ATTENTION_BACKEND:
+        req.set_finish_with_abort(
+            f"{REQUEST_KEY} reuse 'compressed' needs the {ATTENTION_BACKEND} attention backend; use 'lazy'"
+        )
+        return None
     pool.plans[req.rid] = plan
+    if plan.cache_namespace is not None:  # as SGLang namespaces its own tree entries (`extra_key`)
+        req.extra_key = f"{req.extra_key}|{plan.cache_namespace}" if req.extra_key else plan.cache_namespace
     # A compressed request's decode KV is computed over a compressed context, not the KV of its tokens: it
-    # must never enter the tree. Its prompt KV is exact: `reuse: lazy` hands it over at compression.
+    # must never enter the shared tree. Its prompt KV is exact: `reuse: lazy` hands it over at compression.
+    # `reuse: compressed` enters its own namespace once compressed (`compress_request` lifts the bar), not
+    # chunk by chunk before, so what that namespace holds is always the compressed KV.
     req.skip_radix_cache_insert = req.skip_radix_cache_insert or plan.will_compress
     return None
 

@@ -61,6 +61,13 @@ class LayerwiseTokenAllocator(TokenToKVPoolAllocator):
             self.slot_table.allocate(logical)
         return logical
 
+    def evict_to_free_tokens(self, tree_cache, num_tokens: int):
+        """Stock eviction, then more until `num_tokens` are allocatable in every layer or the tree has
+        nothing unlocked left: a compressed tree node gives back fewer physical slots than its tokens."""
+        super().evict_to_free_tokens(tree_cache, num_tokens)
+        if tree_cache is not None and tree_cache.supports_prefix_sharing():  # always our VLCacheRadixCache
+            tree_cache.evict_until(lambda: num_tokens - self.available_size())
+
     def alloc_unbacked(self, need_size: int):
         """Logical slots holding no physical slot in any layer (None if too few are free)."""
         logical = super().alloc(need_size)

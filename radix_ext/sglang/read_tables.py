@@ -1,7 +1,8 @@
 """What each decoding request reads, per layer, as physical slot ids: built once, then one column per step.
 
 A request's table `phys[l, :lens[l]]` lists, in layer `l`, the physical slots of the tokens it attends
-to: every logical token when uncompressed; `kept[l]` then `[prompt_len, seq_len)` when compressed. It
+to: every logical token holding a slot in `l` when uncompressed (all of them, unless it read a prefix
+an earlier turn left compressed); `kept[l]` then `[prompt_len, seq_len)` when compressed. It
 is built from `req_to_token` and the slot table on the request's first decode step (all layers at
 once), and each later step appends the new token's physical slot in every layer with one vectorised
 write, so a step costs no per-layer translation, concatenation or padding of the kept tokens.
@@ -55,16 +56,19 @@ class ReadTables:
         logical = self.req_to_token[row, :seq_len].to(torch.int64)
         phys = self.slot_table.phys
         num_layers = phys.shape[0]
-        if view is None:
-            cols = phys[:, logical].to(torch.int64)  # [L, seq_len]: one gather for all layers
+        cols = phys[:, logical].to(torch.int64) if view is None else None  # [L, seq_len]: one gather
+        if cols is not None and bool(cols.all()):
             lens = torch.full((num_layers,), seq_len, dtype=torch.int64)
-        else:
-            tail = logical[view.prompt_len :]
-            per_layer = [torch.cat((logical[kept], tail)) for kept in view.kept]
+        else:  # a compressed view, or a prefix reused compressed (slots held in some layers only)
+            if view is None:
+                per_layer = [row[row != 0] for row in cols]
+            else:
+                tail = logical[view.prompt_len :]
+                per_layer = [phys[layer, torch.cat((logical[kept], tail))] for layer, kept in enumerate(view.kept)]
             lens = torch.tensor([t.numel() for t in per_layer], dtype=torch.int64)
             cols = torch.zeros((num_layers, int(lens.max())), dtype=torch.int64, device=phys.device)
             for layer, t in enumerate(per_layer):
-                cols[layer, : t.numel()] = phys[layer, t]
+                cols[layer, : t.numel()] = t
         capacity = cols.shape[1] + 256  # headroom for decode steps before the first regrowth
         out = torch.zeros((num_layers, capacity), dtype=torch.int64, device=phys.device)
         out[:, : cols.shape[1]] = cols

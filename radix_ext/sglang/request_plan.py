@@ -26,12 +26,28 @@ class CompressionPlan:
     report_kept: bool = False  # also return the kept positions per layer (for research and tests)
     reuse: str = "lazy"  # one of REUSE_MODES: what a compressed request leaves in the tree (docs/multiturn.md)
     client_skip_insert: bool = False  # SGLang's skip_radix_cache_insert before the plan set it
+    # `reuse: compressed` only: the prefix matched in the compressed namespace, set by each prefix match
+    # (0 = none usable). Such a follow-up reads that prefix as an earlier turn left it and is not scored.
+    reused_prefix: int = 0
     parts: list[list[LayerStats]] = field(default_factory=list)
     scoring_s: float = 0.0
 
     @property
     def will_compress(self) -> bool:
-        return not self.skip_reason
+        return not self.skip_reason and not self.reused_prefix
+
+    @property
+    def cache_namespace(self) -> str | None:
+        """The radix-tree namespace (`extra_key`) of `reuse: compressed`: KV compressed by one policy, budget
+        and option set is only ever read by requests asking for the same (None for the other modes)."""
+        return f"vlcache:{self.policy!r}@{self.budget:g}" if self.reuse == "compressed" else None
+
+    def usable_compressed_prefix(self, matched: int) -> int:
+        """How much of a compressed-namespace match the request may read (`reuse: compressed`): all of it
+        when it covers every visual token (a follow-up: only new text after it), else none, so a prompt
+        with images of its own is prefilled and compressed from scratch."""
+        end = self.layout.post_vision_start
+        return matched if matched > 0 and (end is None or matched >= end) else 0
 
     @property
     def first_scored_row(self) -> int:

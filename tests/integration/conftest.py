@@ -89,6 +89,15 @@ def client(sglang_server):
         yield c
 
 
+@pytest.fixture(scope="session")
+def reference_model(tiny_model_dir):
+    """The transformers reference engine's model: the "theirs" of the ours-vs-reference parity tests."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    return Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
 def make_image(size, color, seed_pattern=0):
     """A deterministic RGB test image with some structure (so visual tokens differ)."""
     img = Image.new("RGB", size, color)

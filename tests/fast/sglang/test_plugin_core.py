@@ -1,5 +1,5 @@
 """The plugin's core on stock SGLang objects built by hand (CPU): the layer-wise allocator and pool, the
-vlcache radix tree, `compress_request` in both reuse modes. Every test ends with the slot-accounting
+vlcache radix tree, `compress_request` in every reuse mode. Every test ends with the slot-accounting
 invariant of docs/structures.md checked (`check_integrity`, in the fixture's teardown)."""
 
 from array import array
@@ -300,6 +300,62 @@ def test_a_request_left_whole_under_lazy_goes_back_to_stock_tree_insertion(core)
     assert not report["compressed"] and req.skip_radix_cache_insert is False
     assert core.used() == [M] * LAYERS and not core.kv.views
     core.allocator.free(core.row(req.kv.req_pool_idx))
+
+
+# --- reuse: compressed -------------------------------------------------------------------------------------
+
+
+def _finish_into_tree(core, req, ids):
+    """What SGLang's release does for a request that inserts at finish: the tree takes its row's slots."""
+    core.tree.insert(InsertParams(key=key(ids), value=core.row(req.kv.req_pool_idx, len(ids)).clone()))
+
+
+def test_compressed_turn_enters_the_tree_compressed_and_eviction_counts_what_it_gives_back(core):
+    req = _request(core, IDS)
+    report = _compress(core, req, _plan("compressed"))
+    kept = report["kept_tokens_per_layer"]
+    assert req.skip_radix_cache_insert is False  # SGLang checkpoints it into the tree from now on
+    assert core.used() == kept and core.tree.total_size() == 0  # as `off` while it runs
+    _finish_into_tree(core, req, IDS)
+    assert core.used() == kept and core.tree.total_size() == M
+    # M tokens in the tree, but evicting them frees only kept[l] per layer: the fullest layer decides.
+    assert core.tree.evictable_size() == max(kept) < M
+    assert core.allocator.available_size() + core.tree.evictable_size() == P  # SGLang's idle leak check
+    lock = core.tree.lock(core.tree.match_prefix(MatchPrefixParams(key=key(IDS))).last_device_node)
+    assert core.tree.evictable_size() == 0 and core.tree.missing_per_layer.tolist() == [0] * LAYERS
+    core.tree.unlock(lock)
+    assert core.tree.evictable_size() == max(kept)
+    core.tree.evict(EvictParams(num_tokens=M))
+    assert core.used() == [0] * LAYERS and core.tree.missing_per_layer.tolist() == [0] * LAYERS
+
+
+def test_allocation_evicts_compressed_turns_until_every_layer_has_room(core):
+    turns = [IDS, list(range(200, 200 + M))]
+    for ids in turns:
+        req = _request(core, ids)
+        _compress(core, req, _plan("compressed"))
+        _finish_into_tree(core, req, ids)
+    held = core.used()
+    filler = core.allocator.alloc(P - max(held))  # a running request takes the rest of the fullest layer
+    assert core.allocator.available_size() == 0 and core.tree.evictable_size() == max(held)
+    need = max(held) - 1  # more than one turn gives back in some layer, less than its token count
+    core.allocator.evict_to_free_tokens(core.tree, need)
+    assert core.allocator.available_size() >= need and core.tree.total_size() == 0
+    core.allocator.free(filler)
+
+
+def test_compressed_prefix_match_is_used_only_past_the_images(core):
+    prefix = core.allocator.alloc(8)
+    core.tree.insert(InsertParams(key=key(IDS[:8]), value=prefix))
+    plan = _plan("compressed")
+    core.kv.plans["f"] = plan
+    follow_up = SimpleNamespace(rid="f")
+    for images_end, usable in ((6, 8), (8, 8), (12, 0)):
+        plan.layout = PromptLayout(M, [(2, images_end)])
+        match = core.tree.match_prefix(MatchPrefixParams(key=key(IDS), req=follow_up))
+        assert match.device_prefix_len == usable and plan.reused_prefix == usable
+        assert plan.will_compress == (usable == 0)  # a follow-up over a compressed turn is not scored again
+    core.tree.evict(EvictParams(num_tokens=8))
 
 
 class _Layer:

@@ -33,7 +33,7 @@ def test_options_without_a_policy_extend_the_server_default_options():
 @pytest.mark.parametrize(
     "raw,needle",
     [
-        ({"reuse": "compressed"}, "reuse must be one of ['lazy', 'off']"),
+        ({"reuse": "eager"}, "reuse must be one of ['lazy', 'compressed', 'off']"),
         ({"reuse": True}, "reuse must be one of"),
         ({"report_kept": "yes"}, "report_kept must be true or false"),
         ({"policy": "nope"}, "unknown policy 'nope'"),

@@ -10,7 +10,6 @@ import av
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from service.sglang_process import SGLangServerConfig, free_port
 from tests.integration.conftest import data_url, make_image, running_sglang
@@ -91,13 +90,6 @@ def test_uncompressed_output_is_token_identical_to_stock_sglang(client, vlcache_
     assert ours["output_ids"] == stock["output_ids"]
     report = report_of(ours)
     assert not report["compressed"] and report["kv_bytes_kept"] == report["kv_bytes_full"]
-
-
-@pytest.fixture(scope="module")
-def reference_model(tiny_model_dir):
-    from transformers import Qwen2VLForConditionalGeneration
-
-    return Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
 
 
 @pytest.mark.parametrize("policy", ["vlcache", "h2o", "snapkv", "pyramidkv"])
