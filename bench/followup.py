@@ -7,11 +7,12 @@ its answer, then a follow-up about the same images; the follow-up is scored. Des
     lazy  (SGLang)       the served default: turn 1 is sent first, turn 2 gets a prefix hit on the
                          prompt KV turn 1 left in the radix tree, and is compressed anew for its own
                          question (`reuse: lazy`, docs/multiturn.md); cached tokens are recorded
+    compressed (SGLang)  turn 1 is sent first and stays in the tree compressed; turn 2 prefills only
+                         its new text over turn 1's kept tokens (`reuse: compressed`)
     fresh (reference)    the same compression in the transformers reference engine, over the whole
                          conversation: what `lazy` computes, in the engine the next row runs in
-    compressed (reference)  turn 2 continued over turn 1's compressed KV: the kept set chosen for the
-                         first question, the follow-up's tokens fed over it (`forced_tokens`), i.e.
-                         compressed-prefix reuse (not built in the plugin; this measures its price)
+    compressed-ref (reference)  turn 2 continued over turn 1's compressed KV in the reference engine:
+                         the follow-up's tokens fed over it (`forced_tokens`), what `compressed` computes
 
 Prints a table (accuracy by design and budget, by follow-up type at 0.1) and writes
 `bench/results/followup.{json,png}`.
@@ -37,17 +38,18 @@ from vlmodels.grid_vqa.eval_sets import follow_up_samples
 from vlmodels.grid_vqa.spec import committed_model_dir
 
 BUDGETS = (0.05, 0.1, 0.2)
+DESIGNS = ("lazy", "compressed", "fresh", "compressed-ref")
 POLICY = "vlcache"
 
 
 def sglang_rows(url: str, processor, samples, budgets) -> dict:
-    """`full` and `lazy@b` answers through the plugin; for `lazy`, turn 1 is served first each time."""
+    """`full`, `lazy@b` and `compressed@b` answers through the plugin; turn 1 is served first for the latter."""
     rows = {}
     with httpx.Client(base_url=url, timeout=300) as client:
         follow_ups = Asker(client, processor, samples)
         first_turns = Asker(client, processor, [s.first_turn() for s in samples])
         runs = [("full", "full", 1.0, {})]
-        runs += [(f"lazy@{b:g}", POLICY, b, {"reuse": "lazy"}) for b in budgets]
+        runs += [(f"{reuse}@{b:g}", POLICY, b, {"reuse": reuse}) for reuse in ("lazy", "compressed") for b in budgets]
         for label, policy, budget, options in tqdm(runs, desc="sglang", unit="design"):
             flush(url)  # each design starts from an empty tree: its hits are its own turn 1's
             outs = []
@@ -61,7 +63,7 @@ def sglang_rows(url: str, processor, samples, budgets) -> dict:
 
 
 def reference_rows(model, processor, samples, budgets) -> dict:
-    """`fresh@b` (the whole conversation compressed) and `compressed@b` (turn 2 over turn 1's kept KV)."""
+    """`fresh@b` (the whole conversation compressed) and `compressed-ref@b` (turn 2 over turn 1's kept KV)."""
     rows = defaultdict(list)
     for s in tqdm(samples, desc="reference", unit="chat"):
         first = processor.apply_chat_template(s.first_turn().messages(), add_generation_prompt=True)
@@ -73,7 +75,7 @@ def reference_rows(model, processor, samples, budgets) -> dict:
             res = generate(model, processor, s.messages(), images=s.images, policy=POLICY, budget=b, max_new_tokens=2)
             rows[f"fresh@{b:g}"].append({"answer": reference_answer(processor, res.tokens)})
             res = generate_from_inputs(model, inputs, POLICY, b, len(follow) + 2, forced_tokens=follow)
-            rows[f"compressed@{b:g}"].append({"answer": reference_answer(processor, res.tokens[len(follow) :])})
+            rows[f"compressed-ref@{b:g}"].append({"answer": reference_answer(processor, res.tokens[len(follow) :])})
     return dict(rows)
 
 
@@ -94,19 +96,19 @@ def summarise(rows: dict, samples) -> dict:
 def table(summary: dict, budgets) -> str:
     full = summary["full"]["accuracy"]["all"]
     lines = [f"follow-up accuracy (policy {POLICY}); full cache: {full:.3f}",
-             f"{'design':<12}" + "".join(f"{'@' + format(b, 'g'):>9}" for b in budgets) + f"{'@0.1 / full':>13}"]  # fmt: skip
-    for design in ("lazy", "fresh", "compressed"):
+             f"{'design':<16}" + "".join(f"{'@' + format(b, 'g'):>9}" for b in budgets) + f"{'@0.1 / full':>13}"]  # fmt: skip
+    for design in DESIGNS:
         accs = [summary.get(f"{design}@{b:g}", {}).get("accuracy", {}).get("all") for b in budgets]
         if all(a is None for a in accs):
             continue
         at_10 = summary.get(f"{design}@0.1", {}).get("accuracy", {}).get("all")
         ratio = f"{at_10 / full:>13.3f}" if at_10 is not None and full else f"{'-':>13}"
-        lines.append(f"{design:<12}" + "".join(f"{a:>9.3f}" if a is not None else f"{'-':>9}" for a in accs) + ratio)
+        lines.append(f"{design:<16}" + "".join(f"{a:>9.3f}" if a is not None else f"{'-':>9}" for a in accs) + ratio)
     types = [k for k in summary["full"]["accuracy"] if k.startswith("type:")]
-    lines += ["", f"{'@0.1 by type':<16}" + "".join(f"{t[5:]:>9}" for t in types)]
-    for label in ["full"] + [f"{d}@0.1" for d in ("lazy", "fresh", "compressed")]:
+    lines += ["", f"{'@0.1 by type':<20}" + "".join(f"{t[5:]:>9}" for t in types)]
+    for label in ["full"] + [f"{d}@0.1" for d in DESIGNS]:
         if label in summary:
-            lines.append(f"{label:<16}" + "".join(f"{summary[label]['accuracy'].get(t, 0):>9.3f}" for t in types))
+            lines.append(f"{label:<20}" + "".join(f"{summary[label]['accuracy'].get(t, 0):>9.3f}" for t in types))
     cached = {k: v["mean_cached_tokens"] for k, v in summary.items() if "mean_cached_tokens" in v}
     if cached:
         lines += [
@@ -125,7 +127,7 @@ def plot(summary: dict, budgets, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for design, style in (("lazy", "-o"), ("fresh", ":s"), ("compressed", "-^")):
+    for design, style in zip(DESIGNS, ("-o", "-^", ":s", ":v"), strict=True):
         xs = [b for b in budgets if f"{design}@{b:g}" in summary]
         if xs:
             ax.plot(xs, [summary[f"{design}@{b:g}"]["accuracy"]["all"] for b in xs], style, label=design)

@@ -8,6 +8,8 @@ design at a time, designs interleaved chat by chat so machine noise hits all of 
     stock        stock SGLang (radix cache on)
     full         plugin, policy full (must match stock)
     lazy         plugin, vlcache @ budget, reuse lazy (the default: the prompt KV stays in the tree)
+    compressed   plugin, vlcache @ budget, reuse compressed (the turn stays in the tree compressed; a
+                 follow-up prefills only its new text over the kept tokens, unscored)
     off          plugin, vlcache @ budget, reuse off (the evicted tokens are freed at once)
     snap-lazy    plugin, snapkv @ budget, reuse lazy (scores the last 32 prompt rows only)
     stream-lazy  plugin, streamingllm @ budget, reuse lazy (scores nothing: reuse without scoring cost)
@@ -15,11 +17,12 @@ design at a time, designs interleaved chat by chat so machine noise hits all of 
 Per turn: TTFT (SGLang's `first_token_latency`), cached tokens (SGLang's `cached_tokens`), prompt tokens,
 and the KV held between turns (token slots in use once the turn is done, averaged over layers: the radix
 tree's cached turns), and for `lazy` the kept-set overlap with turn 1 (of the prefix tokens this turn's
-own selection keeps, the share turn 1's selection kept too: what reusing turn 1's compressed KV, the
-design not built, would still offer; a proxy of its accuracy risk, not an accuracy). Then a pressure
-run on the plugin server: one-image requests with distinct images under `lazy` until the cached turns
-exceed the pool, showing the tree gives way (every request served, cached slots capped). Prints a
-table and the ratios to stock, writes `bench/results/multiturn.{json,png}`.
+own selection keeps, the share turn 1's selection kept too: what `compressed`, which reads turn 1's
+kept set, still offers; a proxy of its accuracy risk, not an accuracy: `bench/followup.py` measures
+that). Then pressure runs on the plugin server, `lazy` and `compressed`: one-image requests with
+distinct images until the cached turns exceed the pool, showing the tree gives way (every request
+served, cached slots capped). Prints a table and the ratios to stock, writes
+`bench/results/multiturn.{json,png}`.
 
     .venv/bin/python -m bench.multiturn [--chats 4] [--budget 0.1] [--max-new-tokens 16] [--threads 1]
 """
@@ -37,12 +40,13 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.harness import flush
+from bench.harness import flush, png_data_url, sigterm_raises_exit
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
 from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DESIGNS = ("stock", "full", "lazy", "off", "snap-lazy", "stream-lazy")
+DESIGNS = ("stock", "full", "lazy", "compressed", "off", "snap-lazy", "stream-lazy")
+PRESSURE_DESIGNS = ("lazy", "compressed")
 QUESTIONS = ("Describe what you see.", "Which part is the brightest?", "And what colour is the rest?")
 POOL_TOKENS = 6000
 
@@ -53,9 +57,7 @@ def _png(size, color, seed):
         for y in range(0, size[1], 16):
             if (x // 16 + y // 16 + seed) % 3 == 0:
                 img.paste((255 - color[0], 255 - color[1], 255 - color[2]), (x, y, x + 8, y + 8))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return png_data_url(img)
 
 
 def _mp4(seed, frames=8, size=224):
@@ -98,6 +100,7 @@ def _vl(design, budget):
         "stock": None,
         "full": {"policy": "full"},
         "lazy": {"policy": "vlcache", "budget": budget, "reuse": "lazy"},
+        "compressed": {"policy": "vlcache", "budget": budget, "reuse": "compressed"},
         "off": {"policy": "vlcache", "budget": budget, "reuse": "off"},
         "snap-lazy": {"policy": "snapkv", "budget": budget, "reuse": "lazy"},
         "stream-lazy": {"policy": "streamingllm", "budget": budget, "reuse": "lazy"},
@@ -143,15 +146,15 @@ def run_chat(client, processor, design, media, args):
     return turns
 
 
-def pressure(client, processor, args):
-    """Distinct one-image lazy requests, one after the other, into the plugin's pool."""
+def pressure(client, processor, args, design):
+    """Distinct one-image requests of `design`, one after the other, into the plugin's pool."""
     prompt = _prompt(processor, "image", 1, [(QUESTIONS[0], None)])
     flush(str(client.base_url).rstrip("/"), timeout_s=60.0)
     rows = []
     for i in range(args.pressure_requests):
         body = {"text": prompt, "image_data": [_png((448, 448), (17 * i % 256, 90, 200 - 9 * i % 200), i + 100)],
                 "sampling_params": {"temperature": 0, "max_new_tokens": 4,
-                                    "custom_params": {"vl_cache": _vl("lazy", args.budget)}}}  # fmt: skip
+                                    "custom_params": {"vl_cache": _vl(design, args.budget)}}}  # fmt: skip
         resp = client.post("/generate", json=body)
         resp.raise_for_status()
         figures = client.get("/get_server_info").json()["internal_states"][0]["vl_cache"]
@@ -181,10 +184,11 @@ def main() -> None:
         model_path=str(model), port=free_port(), max_total_tokens=POOL_TOKENS, kv_compression=False
     )
     plugin_cfg = SGLangServerConfig(model_path=str(model), port=free_port(), max_total_tokens=POOL_TOKENS)
-    results = {"args": vars(args), "pool_tokens": POOL_TOKENS, "chats": [], "pressure": []}
+    results = {"args": vars(args), "pool_tokens": POOL_TOKENS, "chats": [], "pressure": {}}
     logs = [open(RESULTS / f"multiturn.{name}.log", "w") for name in ("stock", "plugin")]
     env = {"OMP_NUM_THREADS": str(args.threads)}
     with (
+        sigterm_raises_exit(),  # a killed run stops both servers too
         SGLangServer(stock_cfg, log=logs[0], extra_env=env) as stock,
         SGLangServer(plugin_cfg, log=logs[1], extra_env=env) as plugin,
     ):
@@ -207,7 +211,7 @@ def main() -> None:
                     if i > 0:
                         results["chats"].append({"chat": i, "media": kind, "design": design, "turns": turns})
                 print(f"[bench] chat {i}/{args.chats} {kind} done", flush=True)
-        results["pressure"] = pressure(pc, processor, args)
+        results["pressure"] = {design: pressure(pc, processor, args, design) for design in PRESSURE_DESIGNS}
         sc.close()
         pc.close()
     for log in logs:
@@ -251,10 +255,11 @@ def summarise(results):
               f"{med['ttft_ms']:>9.1f}{med['ttft_ms'] / stock_ttft:>8.2f}{med['ttft_ms'] / full_ttft:>7.2f}"
               f"{med['scoring_ms']:>9.1f}{med['held_slots_after']:>15.0f}"
               f"{med['kept_overlap_turn1']:>17.2f}")  # fmt: skip
-    print("\npressure (plugin, lazy, distinct one-image requests):")
-    for row in results["pressure"]:
-        print(f"  request {row['request']:>2}: tree holds {row['tree_cached_slots']:>5} slots, physical in use "
-              f"{row['physical_used_mean']:>7.0f} of {results['pool_tokens']}")  # fmt: skip
+    for design, rows in results["pressure"].items():
+        print(f"\npressure (plugin, {design}, distinct one-image requests):")
+        for row in rows:
+            print(f"  request {row['request']:>2}: tree holds {row['tree_cached_slots']:>5} slots, physical in use "
+                  f"{row['physical_used_mean']:>7.0f} of {results['pool_tokens']}")  # fmt: skip
     results["summary"] = [{"media": m, "design": d, "turn": t, **v} for (m, d, t), v in out.items()]
     (RESULTS / "multiturn.json").write_text(json.dumps(results, indent=1))
     return out
@@ -291,18 +296,16 @@ def _plot(results, summary) -> None:
     ax.set(xlabel="turn", ylabel="cached tokens", title="cached tokens per turn, image chat", xticks=turns)
     ax.legend()
     ax = axes[3]
-    rows = results["pressure"]
-    ax.plot([r["request"] for r in rows], [r["tree_cached_slots"] for r in rows], marker="o", label="tree cached slots")
+    for design, rows in results["pressure"].items():
+        requests = [r["request"] for r in rows]
+        ax.plot(requests, [r["tree_cached_slots"] for r in rows], marker="o", ms=3, label=f"{design}: tree tokens")
+        ax.plot(requests, [r["physical_used_mean"] for r in rows], ls=":", label=f"{design}: physical slots in use")
+    rows = next(iter(results["pressure"].values()))
     ax.plot(
-        [r["request"] for r in rows],
-        [r["request"] * r["prompt_tokens"] for r in rows],
-        ls="--",
-        label="prompts sent (tokens)",
+        [r["request"] for r in rows], [r["request"] * r["prompt_tokens"] for r in rows], ls="--", label="prompts sent"
     )
-    ax.axhline(results["pool_tokens"], color="k", lw=0.8, label="pool size")
-    ax.set(
-        xlabel="distinct one-image requests (lazy)", ylabel="token slots", title="memory pressure: the tree gives way"
-    )
+    ax.axhline(results["pool_tokens"], color="k", lw=0.8, label="pool size (physical)")
+    ax.set(xlabel="distinct one-image requests", ylabel="token slots", title="memory pressure: the tree gives way")
     ax.legend()
     fig.suptitle("Multi-turn chats: stock SGLang vs vlcache plugin (tiny Qwen2-VL, CPU)")
     fig.tight_layout()

@@ -107,11 +107,13 @@ def test_hit_rate_diagnostic_smoke(tiny_model_dir, tmp_path):
 
 
 def test_followup_study_smoke(vlcache_server, tiny_model_dir, tmp_path):
-    """Every design row is there, and `lazy`'s follow-ups were served from the cache turn 1 left."""
+    """Every design row is there, and `lazy`'s and `compressed`'s follow-ups were served from the cache
+    turn 1 left."""
     args = ["--backend-url", vlcache_server.url, "--model", str(tiny_model_dir), "--per-setting", "1",
             "--budgets", "0.1", "--out", str(tmp_path / "followup.json")]  # fmt: skip
     _run("bench.followup", args, tmp_path)
     summary = json.loads((tmp_path / "followup.json").read_text())["summary"]
-    assert set(summary) == {"full", "lazy@0.1", "fresh@0.1", "compressed@0.1"}
-    assert summary["lazy@0.1"]["mean_cached_tokens"] > 100  # the images, at least, came from the tree
+    assert set(summary) == {"full", "lazy@0.1", "compressed@0.1", "fresh@0.1", "compressed-ref@0.1"}
+    for design in ("lazy@0.1", "compressed@0.1"):
+        assert summary[design]["mean_cached_tokens"] > 100  # the images, at least, came from the tree
     assert (tmp_path / "followup.png").stat().st_size > 0
