@@ -58,7 +58,7 @@ bench-throughput: install  ## open-loop load on a memory-bound server through th
 	@$(PY) -m bench.throughput
 
 .PHONY: bench-multiturn bench-followup
-bench-multiturn: install  ## 3-turn chats (images, video): stock vs plugin full / reuse lazy / reuse off; memory pressure (~15 min)
+bench-multiturn: install  ## 3-turn chats (images, video): stock vs plugin full / reuse lazy, compressed, off; memory pressure (~15 min)
 	@$(PY) -m bench.multiturn
 
 bench-followup: install  ## follow-up (turn-2) accuracy per multi-turn design on the grid-VQA model (~10 min)

@@ -174,8 +174,10 @@ def plan_request(scheduler, req, *args, **kwargs):
         )
         return None
     pool.plans[req.rid] = plan
-    if plan.cache_namespace is not None:  # as SGLang namespaces its own tree entries (`extra_key`)
-        req.extra_key = f"{req.extra_key}|{plan.cache_namespace}" if req.extra_key else plan.cache_namespace
+    namespace = plan.cache_namespace
+    # As SGLang namespaces its own tree entries (`extra_key`); once only: a retracted request comes back here.
+    if namespace is not None and not (req.extra_key or "").endswith(namespace):
+        req.extra_key = f"{req.extra_key}|{namespace}" if req.extra_key else namespace
     # A compressed request's decode KV is computed over a compressed context, not the KV of its tokens: it
     # must never enter the shared tree. Its prompt KV is exact: `reuse: lazy` hands it over at compression.
     # `reuse: compressed` enters its own namespace once compressed (`compress_request` lifts the bar), not

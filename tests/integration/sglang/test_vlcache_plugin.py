@@ -139,6 +139,10 @@ def test_physical_slots_held_equal_kept_tokens_plus_decode_tokens(vlcache_client
     assert sum(report["kept_tokens_per_layer"]) < 0.11 * 4 * report["prompt_tokens"]
 
 
+REUSE = ("lazy", "compressed", "off")
+VL = {"policy": "vlcache", "budget": 0.1}
+
+
 def test_burst_of_mixed_requests_then_flush_frees_every_slot(vlcache_client, vlcache_server, processor):
     one, two = chat_prompt(processor, ["image"]), chat_prompt(processor, ["image", "image"])
     video = chat_prompt(processor, ["video"], "Describe the video.")
@@ -153,7 +157,9 @@ def test_burst_of_mixed_requests_then_flush_frees_every_slot(vlcache_client, vlc
                 "plain",
                 body(two, [IMAGE, OTHER_IMAGE], {"policy": ["h2o", "snapkv", "vlcache"][i % 3], "budget": 0.2}, 5),
             ),
-            ("abort", body(one, [OTHER_IMAGE], {"policy": "vlcache", "budget": 0.1}, 300, ignore_eos=True)),
+            ("abort", body(one, [OTHER_IMAGE], {**VL, "reuse": REUSE[i % 3]}, 300, ignore_eos=True)),
+            # The same prompt again and again: after the first, a hit on its compressed turn.
+            ("plain", body(one, [IMAGE], {**VL, "reuse": "compressed"}, 4 + i % 3)),
         ]
         if i % 4 == 0:
             jobs += [("plain", body(video, videos=[clip], vl={"policy": "vlcache", "budget": 0.1}, max_new_tokens=4)),
@@ -237,13 +243,16 @@ def retracting_server(tiny_model_dir, tmp_path_factory):
         yield server
 
 
-def test_retracted_requests_are_compressed_again_and_release_everything(retracting_server, processor):
+@pytest.mark.parametrize("reuse", ["lazy", "compressed"])
+def test_retracted_requests_are_compressed_again_and_release_everything(retracting_server, processor, reuse):
+    """`compressed`: a retracted request comes back over its own compressed turn, or compresses again."""
     prompt = chat_prompt(processor, ["image"])
     images = [make_image((448, 448), (30 * i, 90, 200 - 20 * i), i) for i in range(4)]
+    vl = {"policy": "vlcache", "budget": 0.1, "reuse": reuse}
 
     def run(img):
         with httpx.Client(base_url=retracting_server.url, timeout=120) as c:
-            return generate(c, body(prompt, [img], {"policy": "vlcache", "budget": 0.1}, 24, ignore_eos=True))
+            return generate(c, body(prompt, [img], vl, 24, ignore_eos=True))
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(run, images))
