@@ -7,8 +7,9 @@ prefix match stops before the first row its policy scores, so every scored row i
 `reuse: lazy` its prompt KV (full, exact) is handed to the tree at compression (`hand_over_prompt`),
 as ordinary evictable cache for a follow-up turn (`docs/multiturn.md`). Under `reuse: compressed` the
 request lives in a namespace of its own (`extra_key`, `CompressionPlan.cache_namespace`): it enters the
-tree at finish, compressed (its logical slots hold physical slots only in the layers that kept them),
-and a follow-up that matches past its images reads that prefix as it is.
+tree once compressed (SGLang's checkpoint right after compression, and at finish; its logical slots
+hold physical slots only in the layers that kept them), and a follow-up whose match covers its images
+reads that prefix as it is (any other match in the namespace is dropped: the request starts over).
 
 Such partly backed slots make the tree's token count overstate what evicting gives back, so the tree
 also counts, per layer, the evictable slots that hold no physical slot there (`missing_per_layer`), and
