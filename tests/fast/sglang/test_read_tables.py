@@ -44,6 +44,26 @@ def test_uncompressed_table_matches_the_slot_table_after_decode_steps():
             assert torch.equal(got.layer(layer), want)
 
 
+def test_a_prefix_left_compressed_by_an_earlier_turn_is_read_where_it_holds_slots():
+    """`reuse: compressed`: no view, but the reused prefix holds slots in some layers only."""
+    table, req_to_token = _setup()
+    prefix = req_to_token[1, :10].to(torch.int64)
+    held = [torch.tensor([0, 9]), torch.tensor([1, 2, 3, 9]), torch.arange(10)]
+    for layer, keep in enumerate(held):
+        evicted = torch.ones(10, dtype=torch.bool)
+        evicted[keep] = False
+        table.release_layer(layer, prefix[evicted])
+    tables = ReadTables(table, req_to_token)
+    for step, seq_len in enumerate(range(11, 14)):
+        _decode_one(table, req_to_token, 1, seq_len, 80 + step)
+        got = tables.for_decode("a", 1, seq_len, None)
+        assert got.lens.tolist() == [2 + step + 1, 4 + step + 1, 10 + step + 1]
+        for layer, keep in enumerate(held):
+            ids = torch.cat((prefix[keep], req_to_token[1, 10:seq_len].to(torch.int64)))
+            assert torch.equal(got.layer(layer), table.physical(layer, ids))
+            assert 0 not in got.layer(layer).tolist()
+
+
 def test_compressed_table_reads_kept_tokens_then_the_decode_tail_per_layer():
     table, req_to_token = _setup()
     view = SimpleNamespace(prompt_len=10, kept=[torch.tensor([0, 9]), torch.tensor([1, 2, 3, 9]), torch.tensor([9])])
