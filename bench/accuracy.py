@@ -22,12 +22,13 @@ import json
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 from tqdm import tqdm
 
-from bench.harness import RESULTS, png_data_url
+from bench.harness import RESULTS, png_data_url, sigterm_raises_exit
 from radix_ext.policy import available_policies
 from vlmodels.grid_vqa.eval_sets import SETTINGS, eval_samples
 from vlmodels.grid_vqa.spec import committed_model_dir
@@ -240,28 +241,19 @@ def main() -> None:
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
-class _server:
-    """Context manager yielding a base URL: the given backend, or a started SGLang with the plugin."""
+@contextmanager
+def _server(args):
+    """The given backend's URL, or that of a started SGLang with the plugin (stopped on exit and SIGTERM)."""
+    if args.backend_url:
+        yield args.backend_url
+        return
+    from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
 
-    def __init__(self, args):
-        self.args, self.server, self.log = args, None, None
-
-    def __enter__(self) -> str:
-        if self.args.backend_url:
-            return self.args.backend_url
-        from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
-
-        RESULTS.mkdir(exist_ok=True)
-        self.log = open(RESULTS / "accuracy.sglang.log", "w")
-        config = SGLangServerConfig(model_path=str(self.args.model), port=free_port(),
-                                    max_running_requests=max(8, self.args.concurrency))  # fmt: skip
-        self.server = SGLangServer(config, log=self.log).__enter__()
-        return config.url
-
-    def __exit__(self, *exc):
-        if self.server is not None:
-            self.server.__exit__(*exc)
-            self.log.close()
+    RESULTS.mkdir(exist_ok=True)
+    config = SGLangServerConfig(model_path=str(args.model), port=free_port(),
+                                max_running_requests=max(8, args.concurrency))  # fmt: skip
+    with sigterm_raises_exit(), open(RESULTS / "accuracy.sglang.log", "w") as log, SGLangServer(config, log=log):
+        yield config.url
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from bench.accuracy import Asker, _first_word, reference_answer
-from bench.harness import RESULTS, flush
+from bench.harness import RESULTS, flush, sigterm_raises_exit
 from radix_ext.reference.engine import generate, generate_from_inputs
 from vlmodels.grid_vqa.eval_sets import follow_up_samples
 from vlmodels.grid_vqa.spec import committed_model_dir
@@ -179,7 +179,7 @@ def _sglang(args, processor, samples) -> dict:
 
     RESULTS.mkdir(exist_ok=True)
     config = SGLangServerConfig(model_path=str(args.model), port=free_port())
-    with open(RESULTS / "followup.sglang.log", "w") as log, SGLangServer(config, log=log):
+    with sigterm_raises_exit(), open(RESULTS / "followup.sglang.log", "w") as log, SGLangServer(config, log=log):
         return sglang_rows(config.url, processor, samples, args.budgets)
 
 
