@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from radix_ext.contract import KVReport
+from radix_ext.policy import Selection
 from radix_ext.sglang.layerwise_allocator import LayerwiseTokenAllocator
 from radix_ext.sglang.layerwise_pool import LayerwiseKVPool, RequestView
 from radix_ext.sglang.request_plan import CompressionPlan, Stopwatch
@@ -34,18 +35,20 @@ def compress_request(
     m, num_layers = plan.layout.num_tokens, pool.layer_num
     if plan.reuse == "compressed":  # from now on SGLang checkpoints it into its namespace, as any request
         req.skip_radix_cache_insert = plan.client_skip_insert
-    if plan.reused_prefix:
-        return _reused_prefix_report(req, plan, pool, allocator, req_to_token)
-    with Stopwatch() as watch:
-        stats = plan.layer_stats(num_layers, pool.head_num)
-        selection = plan.policy.select(stats, plan.layout, plan.budget)
-    if selection.compressed:
-        freed = _evict(req, plan, selection.keep, pool, allocator, req_to_token, tree)
-        pool.views[req.kv.req_pool_idx] = RequestView(prompt_len=m, kept=selection.keep)
+    if plan.reused_prefix:  # a follow-up over a compressed turn: nothing to select or free, only to report
+        selection, freed, scoring_s = _held_by_follow_up(req, plan, allocator, req_to_token), [0] * num_layers, 0.0
     else:
-        freed = [0] * num_layers
-        if plan.reuse == "lazy":  # full KV after all (budget 1, short prompt): stock, tree insertion included
-            req.skip_radix_cache_insert = plan.client_skip_insert
+        with Stopwatch() as watch:
+            stats = plan.layer_stats(num_layers, pool.head_num)
+            selection = plan.policy.select(stats, plan.layout, plan.budget)
+        scoring_s = plan.scoring_s + watch.seconds
+        if selection.compressed:
+            freed = _evict(req, plan, selection.keep, pool, allocator, req_to_token, tree)
+            pool.views[req.kv.req_pool_idx] = RequestView(prompt_len=m, kept=selection.keep)
+        else:
+            freed = [0] * num_layers
+            if plan.reuse == "lazy":  # full KV after all (budget 1, short prompt): stock, tree insertion included
+                req.skip_radix_cache_insert = plan.client_skip_insert
     token_bytes = pool.token_bytes_per_layer()
     return KVReport(  # the wire contract with the gateway (radix_ext/contract.py)
         policy=selection.policy,
@@ -60,35 +63,21 @@ def compress_request(
         kv_bytes_full=token_bytes * m * num_layers,
         kv_bytes_kept=token_bytes * sum(selection.layer_budgets),
         realized_budget=selection.realized_budget,
-        scoring_ms=(plan.scoring_s + watch.seconds) * 1000.0,
+        scoring_ms=scoring_s * 1000.0,
         kept_positions=[keep.tolist() for keep in selection.keep] if plan.report_kept else None,
+        reused_prefix_tokens=plan.reused_prefix or None,
     ).to_wire()
 
 
-def _reused_prefix_report(req, plan, pool, allocator, req_to_token) -> dict:
-    """A follow-up over a compressed prefix (`reuse: compressed`) holds, in layer `l`, the prefix tokens
-    the earlier turn kept there plus everything after them: report that, as read from the slot table."""
-    m, num_layers = plan.layout.num_tokens, pool.layer_num
-    logical = req_to_token[req.kv.req_pool_idx, :m].to(torch.int64)
-    held = allocator.slot_table.phys[:, logical] != 0  # [L, m]
-    kept = held.sum(1).tolist()
-    token_bytes = pool.token_bytes_per_layer()
-    return KVReport(
-        policy=plan.policy.name,
-        budget=plan.budget,
-        compressed=sum(kept) < m * num_layers,
-        reason=None if sum(kept) < m * num_layers else "the reused prefix was not compressed",
-        prompt_tokens=m,
-        visual_tokens=plan.layout.num_visual_tokens,
-        kept_tokens_per_layer=kept,
-        freed_slots_per_layer=[0] * num_layers,
-        kv_bytes_full=token_bytes * m * num_layers,
-        kv_bytes_kept=token_bytes * sum(kept),
-        realized_budget=sum(kept) / (m * num_layers) if m else 1.0,
-        scoring_ms=0.0,
-        kept_positions=[row.nonzero().flatten().tolist() for row in held] if plan.report_kept else None,
-        reused_prefix_tokens=plan.reused_prefix,
-    ).to_wire()
+def _held_by_follow_up(req, plan, allocator, req_to_token) -> Selection:
+    """What a follow-up over a compressed prefix (`reuse: compressed`) holds, read from the slot table:
+    in layer `l`, the prefix positions the earlier turn kept there, then all of its own tokens."""
+    m = plan.layout.num_tokens
+    held = allocator.slot_table.phys[:, req_to_token[req.kv.req_pool_idx, :m].to(torch.int64)] != 0  # [L, m]
+    keep = [row.nonzero().flatten() for row in held]
+    compressed = int(held.sum()) < held.numel()
+    reason = "" if compressed else "the reused prefix was not compressed"
+    return Selection(plan.policy.name, plan.policy.options(), plan.budget, m, keep, compressed, reason=reason)
 
 
 def _evict(req, plan, keep, pool, allocator, req_to_token, tree) -> list[int]:
