@@ -5,7 +5,7 @@ Decode (the step VL-Cache makes cheaper): each request's physical slot ids per l
 those K/V rows with one `index_select` per layer and request: one copy of the kept KV, no per-layer
 translation, concatenation or padded table. Extend (prefill): per-layer physical tables handed to the stock SDPA loop, so
 uncompressed requests compute exactly as stock; the rows each request's policy scores are scored
-there (`radix_ext.policy.attention_stats`).
+there (`scoring.score_chunk`, shared with the Triton backend).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import torch
 from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
 from torch.nn.functional import scaled_dot_product_attention
 
-from radix_ext.policy import attention_stats
 from radix_ext.sglang.layerwise_pool import LayerwiseKVPool
 from radix_ext.sglang.read_tables import ReadTables, RequestTable
-from radix_ext.sglang.request_plan import Stopwatch
+from radix_ext.sglang.scoring import score_chunk
 
 
 @dataclass
@@ -112,7 +111,7 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
             enable_gqa=layer.tp_q_head_num != layer.tp_k_head_num,
             causal=True,
         )
-        self._score_rows(q_, layer, forward_batch, table, lengths)
+        self._score_rows(q_, layer, forward_batch, table)
         return o
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):
@@ -141,28 +140,10 @@ class VLCacheTorchNativeBackend(TorchNativeAttnBackend):
             o[i] = out[0, :, 0]
         return o.view(q.shape[0], -1)
 
-    def _score_rows(self, q_, layer, forward_batch, table, lengths) -> None:
-        """Attention statistics of the planned rows that fall in this chunk, against all keys so far."""
-        prefix_lens = forward_batch.extend_prefix_lens_cpu
-        extend_lens = forward_batch.extend_seq_lens_cpu
-        start_q = 0
-        layer_idx = layer.layer_id - self.token_to_kv_pool.start_layer
-        for i, plan in enumerate(self._extend.plans):
-            prefix, extend = int(prefix_lens[i]), int(extend_lens[i])
-            if plan is not None and plan.will_compress and plan.rows.numel():
-                rows = plan.rows[(plan.rows >= prefix) & (plan.rows < prefix + extend)]
-                if rows.numel():
-                    with Stopwatch() as watch:
-                        q_rows = q_[start_q + rows - prefix].transpose(0, 1)  # [H, r, d]
-                        # Prompt keys only: a retracted request re-prefills its output tokens too.
-                        n = min(lengths[i], plan.layout.num_tokens)
-                        keys = self.token_to_kv_pool.get_key_buffer(layer.layer_id)[table[i, :n]]
-                        stats = attention_stats(
-                            q_rows,
-                            keys.transpose(0, 1),
-                            rows,
-                            scale=layer.scaling,
-                            sparsity_threshold=plan.policy.sparsity_threshold,
-                        )
-                    plan.add_part(layer_idx, stats, watch.seconds)
-            start_q += extend
+    def _score_rows(self, q_, layer, forward_batch, table) -> None:
+        """Attention statistics of the planned rows in this chunk, against the keys so far (`score_chunk`)."""
+        keys = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
+        score_chunk(
+            q_, self._extend.plans, forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu,
+            layer.layer_id - self.token_to_kv_pool.start_layer, layer.scaling, lambda i, n: keys[table[i, :n]],
+        )  # fmt: skip

@@ -21,11 +21,10 @@ from __future__ import annotations
 import torch
 from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
 
-from radix_ext.policy import attention_stats
 from radix_ext.sglang.layer_indices import ViewStore, fill_indptr, layer_lengths
 from radix_ext.sglang.layer_indices_kernel import fill_layer_kv_indices
 from radix_ext.sglang.layerwise_pool import LayerwiseKVPool
-from radix_ext.sglang.request_plan import Stopwatch
+from radix_ext.sglang.scoring import score_chunk, scores
 
 
 class VLCacheTritonBackend(TritonAttnBackend):
@@ -125,29 +124,20 @@ class VLCacheTritonBackend(TritonAttnBackend):
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         self._use_layer(layer)
         o = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
-        if any(plan is not None and plan.rows.numel() for _, plan in self._plans):
+        if any(scores(plan) for _, plan in self._plans):
             self._score_rows(q.view(-1, layer.tp_q_head_num, layer.qk_head_dim), layer, forward_batch)
         return o
 
     def _score_rows(self, q_, layer, forward_batch) -> None:
         """Attention statistics of the planned rows in this chunk against the prompt keys so far (this
-        chunk's K/V are in the pool already), chunked by `attention_stats`."""
-        prefix_lens, extend_lens = forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu
-        layer_idx = layer.layer_id - self.token_to_kv_pool.start_layer
-        k_buffer = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
-        start_q = 0
-        for i, (row, plan) in enumerate(self._plans):
-            prefix, extend = int(prefix_lens[i]), int(extend_lens[i])
-            if plan is not None and plan.rows.numel():
-                rows = plan.rows[(plan.rows >= prefix) & (plan.rows < prefix + extend)]
-                if rows.numel():
-                    with Stopwatch() as watch:
-                        n = min(prefix + extend, plan.layout.num_tokens)  # prompt keys only (re-prefill)
-                        logical = self.req_to_token[row, :n]
-                        keys = k_buffer[self.token_to_kv_pool.physical_indices(layer.layer_id, logical)]
-                        stats = attention_stats(
-                            q_[start_q + rows.to(q_.device) - prefix].transpose(0, 1), keys.transpose(0, 1),
-                            rows, scale=layer.scaling, sparsity_threshold=plan.policy.sparsity_threshold,
-                        )  # fmt: skip
-                    plan.add_part(layer_idx, stats, watch.seconds)
-            start_q += extend
+        chunk's K/V are in the pool already): `score_chunk`, reading keys through the slot table."""
+        pool, rows = self.token_to_kv_pool, [row for row, _ in self._plans]
+        k_buffer = pool.get_key_buffer(layer.layer_id)
+
+        def prompt_keys(i: int, n: int) -> torch.Tensor:
+            return k_buffer[pool.physical_indices(layer.layer_id, self.req_to_token[rows[i], :n])]
+
+        score_chunk(
+            q_, [plan for _, plan in self._plans], forward_batch.extend_prefix_lens_cpu,
+            forward_batch.extend_seq_lens_cpu, layer.layer_id - pool.start_layer, layer.scaling, prompt_keys,
+        )  # fmt: skip

@@ -187,7 +187,7 @@ def test_extend_reads_each_layers_prefix_and_scores_the_planned_rows():
     backend = _backend(engine.pool, engine.rtt)
     recorded = []
     plan = SimpleNamespace(
-        rows=torch.tensor([8, 9, 10]), layout=SimpleNamespace(num_tokens=11),
+        rows=torch.tensor([8, 9, 10]), layout=SimpleNamespace(num_tokens=11), will_compress=True,
         policy=SimpleNamespace(sparsity_threshold=0.01),
         add_part=lambda layer, stats, seconds: recorded.append((layer, stats)),
     )  # fmt: skip
