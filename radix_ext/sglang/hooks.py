@@ -1,4 +1,4 @@
-"""The hook functions the plugin registers on SGLang (see `registration.py` for the targets).
+"""The hook functions the plugin registers on SGLang (`upstream.HOOKS` lists the targets).
 
 Each one is a no-op unless the server runs with `--radix-cache-backend vlcache`, so an installed but
 unselected plugin leaves SGLang exactly stock.
@@ -16,32 +16,26 @@ from radix_ext.sglang.config import (
     server_defaults,
 )
 from radix_ext.sglang.cpu_vision_attention import segmented_vision_sdpa  # noqa: F401  (a hook of HOOKS)
+from radix_ext.sglang.upstream import missing_server_args_fields
 
 logger = logging.getLogger("radix_ext.sglang")
 
 
-def vlcache_selected() -> bool:
+def vlcache_selected(server_args=None) -> bool:
+    """The one "is the plugin active" check: the server runs with `--radix-cache-backend vlcache`.
+
+    `server_args` where the caller holds the record being resolved (the launcher's start-up hook, before
+    SGLang publishes its runtime context); everywhere else the published context's. When it is true, the
+    pool and allocator are the plugin's (`registration._create_radix_cache` refuses to start otherwise).
+    """
+    if server_args is not None:
+        return server_args.radix_cache_backend == RADIX_CACHE_BACKEND
     from sglang.srt.runtime_context import get_memory
 
     return get_memory().radix_cache_backend == RADIX_CACHE_BACKEND
 
 
 # --- start-up: ServerArgs.resolve_once (BEFORE), in the launcher --------------------------------------
-
-
-# Every ServerArgs field the plugin reads or sets. They are read directly (SGLang is pinned); this list
-# is checked first, so a field renamed by an SGLang upgrade fails the start loudly instead of passing.
-SERVER_ARGS_FIELDS = (
-    "radix_cache_backend", "speculative_algorithm", "page_size", "disable_radix_cache",
-    "enable_hierarchical_cache", "tp_size", "dp_size", "pp_size", "disaggregation_mode",
-    "enable_torch_compile", "kv_canary", "attention_backend", "prefill_attention_backend",
-    "decode_attention_backend", "enable_mixed_chunk", "disable_overlap_schedule",
-    "cuda_graph_backend_decode", "cuda_graph_backend_prefill",
-)  # fmt: skip
-
-
-def missing_server_args_fields(server_args) -> list[str]:
-    return [name for name in SERVER_ARGS_FIELDS if not hasattr(server_args, name)]
 
 
 def check_server_args(server_args, *args, **kwargs):
@@ -52,7 +46,7 @@ def check_server_args(server_args, *args, **kwargs):
             f"vlcache: SGLang's ServerArgs has no field(s) {missing}, which the plugin relies on; "
             "is the pinned SGLang version installed?"
         )
-    if server_args.radix_cache_backend != RADIX_CACHE_BACKEND:
+    if not vlcache_selected(server_args):
         return None
     # SGLang itself reads this private marker with a default (it only exists once resolution ran).
     if getattr(server_args, "_resolution_finished", False):
@@ -153,10 +147,9 @@ def build_token_to_kv_pool_allocator(original, self, *args, **kwargs):
 
 def plan_request(scheduler, req, *args, **kwargs):
     """Parse the request's VL-Cache options; a bad option fails the request (HTTP 400), nothing else."""
-    from radix_ext.sglang.radix_cache import VLCacheRadixCache
     from radix_ext.sglang.request_plan import make_plan
 
-    if not isinstance(scheduler.tree_cache, VLCacheRadixCache) or req.to_finish is not None:
+    if not vlcache_selected() or req.to_finish is not None:
         return None
     pool = scheduler.token_to_kv_pool_allocator.get_kvcache()
     try:
@@ -195,10 +188,9 @@ def compress_after_prefill(original, self, batch, result, *args, **kwargs):
     from sglang.srt.managers.schedule_batch import FINISH_ABORT
 
     from radix_ext.sglang.compressor import compress_request
-    from radix_ext.sglang.layerwise_allocator import LayerwiseTokenAllocator
 
-    allocator = self.token_to_kv_pool_allocator
-    if isinstance(allocator, LayerwiseTokenAllocator):
+    if vlcache_selected():
+        allocator = self.token_to_kv_pool_allocator
         pool = allocator.get_kvcache()
         req_to_token = self.tree_cache.req_to_token_pool.req_to_token
         for req in batch.reqs:
@@ -217,7 +209,7 @@ def compress_after_prefill(original, self, batch, result, *args, **kwargs):
             req.customized_info = {**(req.customized_info or {}), REQUEST_KEY: [report]}
         # The most requests holding KV at once (a request slot each) peaks right after a prefill.
         req_pool = self.tree_cache.req_to_token_pool
-        pool.peak_requests = max(getattr(pool, "peak_requests", 0), req_pool.size - req_pool.available_size())
+        pool.peak_requests = max(pool.peak_requests, req_pool.size - req_pool.available_size())
     return original(self, batch, result, *args, **kwargs)
 
 
@@ -228,9 +220,8 @@ def output_streamer_class(scheduler, *args, **kwargs):
     from sglang.srt.managers.scheduler_components.output_streamer import SchedulerOutputStreamer
 
     from radix_ext.sglang.output_streamer import VLCacheOutputStreamer
-    from radix_ext.sglang.radix_cache import VLCacheRadixCache
 
-    return VLCacheOutputStreamer if isinstance(scheduler.tree_cache, VLCacheRadixCache) else SchedulerOutputStreamer
+    return VLCacheOutputStreamer if vlcache_selected() else SchedulerOutputStreamer
 
 
 # --- pool figures: Scheduler.get_internal_state (AFTER) ----------------------------------------------------
@@ -238,16 +229,15 @@ def output_streamer_class(scheduler, *args, **kwargs):
 
 def add_pool_figures(result, scheduler, *args, **kwargs):
     from radix_ext.sglang.compressor import pool_figures
-    from radix_ext.sglang.layerwise_allocator import LayerwiseTokenAllocator
 
-    allocator = scheduler.token_to_kv_pool_allocator
-    if isinstance(allocator, LayerwiseTokenAllocator):
+    if vlcache_selected():
+        allocator = scheduler.token_to_kv_pool_allocator
         figures = pool_figures(allocator.get_kvcache(), allocator)
         running = getattr(scheduler, "running_batch", None)
         figures["running_requests"] = len(running.reqs) if running is not None else 0
         figures["tree_cached_slots"] = scheduler.tree_cache.total_size()  # prompts kept for follow-up turns
         figures["tree_evictable_slots"] = scheduler.tree_cache.evictable_size()
-        figures["peak_running_requests"] = getattr(allocator.get_kvcache(), "peak_requests", 0)  # since start
+        figures["peak_running_requests"] = allocator.get_kvcache().peak_requests  # since start
         result.internal_state[REQUEST_KEY] = figures
     return result
 
@@ -257,9 +247,6 @@ def add_pool_figures(result, scheduler, *args, **kwargs):
 
 def forget_aborted_plan(result, scheduler, req, *args, **kwargs):
     """Aborts of waiting requests never reach the tree's `on_release`: drop their plan here."""
-    from radix_ext.sglang.layerwise_allocator import LayerwiseTokenAllocator
-
-    allocator = scheduler.token_to_kv_pool_allocator
-    if isinstance(allocator, LayerwiseTokenAllocator):
-        allocator.get_kvcache().plans.pop(req.rid, None)
+    if vlcache_selected():
+        scheduler.token_to_kv_pool_allocator.get_kvcache().plans.pop(req.rid, None)
     return result

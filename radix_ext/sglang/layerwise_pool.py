@@ -35,6 +35,7 @@ class LayerwiseKVPool(MHATokenToKVPool):
         super().__init__(*args, **kwargs)
         self.views: dict[int, RequestView] = {}  # by req_to_token row, while the request holds it
         self.plans: dict = {}  # rid -> CompressionPlan, from admission until the request releases its KV
+        self.peak_requests = 0  # the most requests holding KV at once since start (a pool figure)
 
     def set_kv_buffer(self, layer, loc_info, cache_k, cache_v, *args, **kwargs):
         loc, _, _ = unwrap_write_loc(loc_info)

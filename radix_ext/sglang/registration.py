@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pkgutil
 from importlib.metadata import version
 from pathlib import Path
+
+from radix_ext.sglang.upstream import HOOKS  # plain data, no SGLang import
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +51,31 @@ def _register_backends_and_hooks() -> None:
     register_attention_backend(ATTENTION_BACKEND)(_create_attention_backend)
     register_attention_backend(TRITON_ATTENTION_BACKEND)(_create_triton_attention_backend)
     add_attention_backend_choices([ATTENTION_BACKEND, TRITON_ATTENTION_BACKEND])
-    for target, name, hook_type in HOOKS:
-        HookRegistry.register(target, getattr(hooks, name), HookType[hook_type])
+    for hook in HOOKS:
+        HookRegistry.register(hook.target, getattr(hooks, hook.hook), HookType[hook.kind])
+
+
+def missing_hooks() -> list[str]:
+    """The `upstream.HOOKS` targets SGLang has not wrapped (in this process).
+
+    `HookRegistry` keeps no public record of what it applied, so this reads the target itself: every
+    wrapper SGLang installs sets `__wrapped__` (the stdlib convention), which no stock target has (the
+    inventory test checks), and SGLang wraps a target with all of its hooks or none.
+    """
+    missing = []
+    for hook in HOOKS:
+        try:
+            target = pkgutil.resolve_name(hook.target)
+        except (ImportError, AttributeError):
+            target = None
+        if not hasattr(target, "__wrapped__"):
+            missing.append(hook.target)
+    return missing
 
 
 def verify_hooks_applied() -> None:
     """SGLang only logs a hook it fails to apply (before logging is set up): check ours took."""
-    from sglang.srt.plugins.hook_registry import HookRegistry
-
-    missing = [target for target, _, _ in HOOKS if target not in HookRegistry._patched]
+    missing = missing_hooks()
     if missing:
         raise RuntimeError(
             f"vlcache: SGLang did not apply the plugin's hooks on {missing}; is sglang=={PINNED_SGLANG_VERSION}?"
@@ -133,39 +152,11 @@ def _write_marker() -> None:
     (path / f"{os.getpid()}.json").write_text(json.dumps(record))
 
 
-# (dotted target, hook function name in radix_ext.sglang.hooks, hook type name)
-HOOKS = (
-    ("sglang.srt.server_args.ServerArgs.resolve_once", "check_server_args", "BEFORE"),
-    (
-        "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_mha_kv_pool",
-        "build_mha_kv_pool",
-        "AROUND",
-    ),
-    (
-        "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_token_to_kv_pool_allocator",
-        "build_token_to_kv_pool_allocator",
-        "AROUND",
-    ),
-    ("sglang.srt.managers.scheduler.Scheduler._add_request_to_queue", "plan_request", "BEFORE"),
-    (
-        "sglang.srt.managers.scheduler_components.batch_result_processor."
-        "SchedulerBatchResultProcessor.process_batch_result_prefill",
-        "compress_after_prefill",
-        "AROUND",
-    ),
-    ("sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class", "output_streamer_class", "REPLACE"),
-    ("sglang.srt.managers.scheduler.Scheduler.get_internal_state", "add_pool_figures", "AFTER"),
-    ("sglang.srt.managers.scheduler.Scheduler._release_aborted_request", "forget_aborted_plan", "AFTER"),
-    # CPU engine only (a no-op elsewhere), plugin selected or not: per-image vision attention.
-    ("sglang.srt.layers.attention.vision.VisionSdpaAttention.forward", "segmented_vision_sdpa", "AROUND"),
-)
-
-
 def register() -> None:
     """SGLang plugin entry point: runs once per SGLang process (idempotent).
 
     Registers the `vlcache` radix-cache backend, the `vlcache_torch_native` attention backend and the
-    hooks of `HOOKS`. Every hook is inert unless the server runs with `--radix-cache-backend vlcache`.
+    hooks of `upstream.HOOKS`. Every hook is inert unless the server runs with `--radix-cache-backend vlcache`.
     """
     global _registered
     if _registered:
