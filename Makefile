@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# The ten slowest tests at the end of a run (tests/conftest.py adds each tier's time after them).
+DURATIONS := --durations=10
 
 .PHONY: install install-tools serve lint bench-decode bench-overhead bench-throughput test test-fast test-integration model lock clean
 
@@ -32,8 +34,8 @@ deploy-check: install install-tools  ## render every deploy/ overlay; kubernetes
 lint: install  ## ruff (config in pyproject.toml): lint rules and formatting; fails when the tree is not clean
 	@rc=0; $(VENV)/bin/ruff check . || rc=1; $(VENV)/bin/ruff format --check . || rc=1; exit $$rc
 
-test: install install-tools lint  ## the linter, then the whole suite: fast tier and integration tier (real SGLang engine)
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ -z "$(PYTEST_RC_FILE)" ] || echo $$rc > "$(PYTEST_RC_FILE)"; exit $$rc
+test: install install-tools lint  ## the linter, then the whole suite: fast tier and integration tier (real SGLang engine); ends with each tier's time and the ten slowest tests
+	@$(PY) -m pytest $(DURATIONS) $(PYTEST_ARGS); rc=$$?; [ -z "$(PYTEST_RC_FILE)" ] || echo $$rc > "$(PYTEST_RC_FILE)"; exit $$rc
 
 .PHONY: train-model accuracy
 train-model: install  ## retrain the embedded grid-VQA model into models/grid-vqa/ (2-core CPU, ~30 min)
@@ -43,10 +45,10 @@ accuracy: install  ## accuracy vs KV budget per policy through SGLang + plugin, 
 	@$(PY) -m bench.accuracy && $(PY) -m bench.hit_rate
 
 test-fast: install install-tools
-	@$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	@$(PY) -m pytest -m "not integration" $(DURATIONS) $(PYTEST_ARGS)
 
 test-integration: install
-	@$(PY) -m pytest -m integration $(PYTEST_ARGS)
+	@$(PY) -m pytest -m integration $(DURATIONS) $(PYTEST_ARGS)
 
 bench-decode: install  ## decode speed + KV held: stock vs plugin, 4k/16k/32k prompts, batch 1/4 (~25 min)
 	@$(PY) -m bench.decode
