@@ -17,7 +17,7 @@ its answer, then a follow-up about the same images; the follow-up is scored. Des
 Prints a table (accuracy by design and budget, by follow-up type at 0.1) and writes
 `bench/results/followup.{json,png}`.
 
-    .venv/bin/python -m bench.followup [--per-setting 32] [--budgets 0.05 0.1 0.2] [--backend-url URL]
+    .venv/bin/python -m bench.followup [--per-setting 130] [--budgets 0.05 0.1 0.2] [--backend-url URL]
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ import httpx
 import torch
 from tqdm import tqdm
 
-from bench.accuracy import Asker, _first_word, reference_answer
+from bench.accuracy import MAX_NEW_TOKENS, Asker, reference_answer
 from bench.harness import RESULTS, flush, sigterm_raises_exit
+from bench.intervals import bootstrap_mean, wilson
 from radix_ext.reference.engine import generate, generate_from_inputs
 from vlmodels.grid_vqa.eval_sets import follow_up_samples
+from vlmodels.grid_vqa.scoring import exact_match, token_f1
 from vlmodels.grid_vqa.spec import committed_model_dir
 
 BUDGETS = (0.05, 0.1, 0.2)
@@ -57,7 +59,7 @@ def sglang_rows(url: str, processor, samples, budgets) -> dict:
                 if label != "full":
                     first_turns.ask(i, policy, budget, options)
                 out = follow_ups.ask(i, policy, budget, options)
-                outs.append({"answer": _first_word(out["text"]), "cached_tokens": out["cached_tokens"]})
+                outs.append({"answer": out["text"], "cached_tokens": out["cached_tokens"]})
             rows[label] = outs
     return rows
 
@@ -72,43 +74,57 @@ def reference_rows(model, processor, samples, budgets) -> dict:
         follow = processor.tokenizer(whole[len(first) :], add_special_tokens=False)["input_ids"]
         inputs = processor(text=[first], images=s.images, return_tensors="pt")
         for b in budgets:
-            res = generate(model, processor, s.messages(), images=s.images, policy=POLICY, budget=b, max_new_tokens=2)
+            res = generate(model, processor, s.messages(), images=s.images, policy=POLICY, budget=b,
+                           max_new_tokens=MAX_NEW_TOKENS)  # fmt: skip
             rows[f"fresh@{b:g}"].append({"answer": reference_answer(processor, res.tokens)})
-            res = generate_from_inputs(model, inputs, POLICY, b, len(follow) + 2, forced_tokens=follow)
+            res = generate_from_inputs(model, inputs, POLICY, b, len(follow) + MAX_NEW_TOKENS, forced_tokens=follow)
             rows[f"compressed-ref@{b:g}"].append({"answer": reference_answer(processor, res.tokens[len(follow) :])})
     return dict(rows)
 
 
 def summarise(rows: dict, samples) -> dict:
+    """Per design: F1 (bootstrap 95% interval) and exact match (Wilson) overall and per follow-up type."""
     out = {}
     for label, outs in rows.items():
-        right, total = defaultdict(int), defaultdict(int)
+        f1, exact = defaultdict(list), defaultdict(list)
         for s, o in zip(samples, outs, strict=True):
             for key in ("all", f"type:{s.qtype}"):
-                right[key] += o["answer"] == s.answer
-                total[key] += 1
-        out[label] = {"accuracy": {k: right[k] / total[k] for k in sorted(total)}, "n": total["all"]}
+                f1[key].append(token_f1(o["answer"], s.answer, s.question))
+                exact[key].append(exact_match(o["answer"], s.answer, s.question))
+        out[label] = {"f1": {k: sum(v) / len(v) for k, v in sorted(f1.items())},
+                      "f1_ci": {k: bootstrap_mean(v) for k, v in sorted(f1.items())},
+                      "exact": {k: sum(v) / len(v) for k, v in sorted(exact.items())},
+                      "exact_ci": {k: wilson(sum(v), len(v)) for k, v in sorted(exact.items())},
+                      "n": len(f1["all"])}  # fmt: skip
         if "cached_tokens" in outs[0]:
             out[label]["mean_cached_tokens"] = sum(o["cached_tokens"] for o in outs) / len(outs)
     return out
 
 
+def _cell(summary: dict, label: str, key: str = "all") -> str:
+    row = summary.get(label)
+    if row is None:
+        return "-"
+    lo, hi = row["f1_ci"][key]
+    return f"{row['f1'][key]:.3f} [{lo:.2f},{hi:.2f}]"
+
+
 def table(summary: dict, budgets) -> str:
-    full = summary["full"]["accuracy"]["all"]
-    lines = [f"follow-up accuracy (policy {POLICY}); full cache: {full:.3f}",
-             f"{'design':<16}" + "".join(f"{'@' + format(b, 'g'):>9}" for b in budgets) + f"{'@0.1 / full':>13}"]  # fmt: skip
+    full = summary["full"]["f1"]["all"]
+    lines = [f"follow-up F1 (policy {POLICY}, n={summary['full']['n']} chats, 95% interval); full cache: "
+             f"{_cell(summary, 'full')}",
+             f"{'design':<16}" + "".join(f"{'@' + format(b, 'g'):>20}" for b in budgets) + f"{'@0.1 / full':>13}"]  # fmt: skip
     for design in DESIGNS:
-        accs = [summary.get(f"{design}@{b:g}", {}).get("accuracy", {}).get("all") for b in budgets]
-        if all(a is None for a in accs):
+        if not any(f"{design}@{b:g}" in summary for b in budgets):
             continue
-        at_10 = summary.get(f"{design}@0.1", {}).get("accuracy", {}).get("all")
+        at_10 = summary.get(f"{design}@0.1", {}).get("f1", {}).get("all")
         ratio = f"{at_10 / full:>13.3f}" if at_10 is not None and full else f"{'-':>13}"
-        lines.append(f"{design:<16}" + "".join(f"{a:>9.3f}" if a is not None else f"{'-':>9}" for a in accs) + ratio)
-    types = [k for k in summary["full"]["accuracy"] if k.startswith("type:")]
-    lines += ["", f"{'@0.1 by type':<20}" + "".join(f"{t[5:]:>9}" for t in types)]
+        lines.append(f"{design:<16}" + "".join(f"{_cell(summary, f'{design}@{b:g}'):>20}" for b in budgets) + ratio)
+    types = [k for k in summary["full"]["f1"] if k.startswith("type:")]
+    lines += ["", f"{'F1 @0.1 by type':<20}" + "".join(f"{t[5:]:>20}" for t in types)]
     for label in ["full"] + [f"{d}@0.1" for d in DESIGNS]:
         if label in summary:
-            lines.append(f"{label:<20}" + "".join(f"{summary[label]['accuracy'].get(t, 0):>9.3f}" for t in types))
+            lines.append(f"{label:<20}" + "".join(f"{_cell(summary, label, t):>20}" for t in types))
     cached = {k: v["mean_cached_tokens"] for k, v in summary.items() if "mean_cached_tokens" in v}
     if cached:
         lines += [
@@ -130,9 +146,14 @@ def plot(summary: dict, budgets, path: Path) -> None:
     for design, style in zip(DESIGNS, ("-o", "-^", ":s", ":v"), strict=True):
         xs = [b for b in budgets if f"{design}@{b:g}" in summary]
         if xs:
-            ax.plot(xs, [summary[f"{design}@{b:g}"]["accuracy"]["all"] for b in xs], style, label=design)
-    ax.axhline(summary["full"]["accuracy"]["all"], color="k", lw=1, ls="--", label="full cache")
-    ax.set(xscale="log", xlabel="KV budget", ylabel="follow-up accuracy", title="Turn-2 accuracy per reuse design")
+            rows = [summary[f"{design}@{b:g}"] for b in xs]
+            ys = [r["f1"]["all"] for r in rows]
+            err = [[y - r["f1_ci"]["all"][0] for y, r in zip(ys, rows, strict=True)],
+                   [r["f1_ci"]["all"][1] - y for y, r in zip(ys, rows, strict=True)]]  # fmt: skip
+            ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=2, label=design)
+    ax.axhline(summary["full"]["f1"]["all"], color="k", lw=1, ls="--", label="full cache")
+    ax.set(xscale="log", xlabel="KV budget", ylabel="follow-up F1 (95% interval)",
+           title="Turn 2 (readout / caption after a one-region turn 1)")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -141,7 +162,7 @@ def plot(summary: dict, budgets, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-setting", type=int, default=32, help="first questions per setting (1 and 2 images)")
+    parser.add_argument("--per-setting", type=int, default=130, help="first questions per setting (1 and 2 images)")
     parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     parser.add_argument("--model", type=Path, default=committed_model_dir())
     parser.add_argument("--backend-url", default=None, help="SGLang with the plugin selected (default: start one)")
@@ -160,7 +181,7 @@ def main() -> None:
         rows.update(_sglang(args, processor, samples))
     else:  # the full-cache reference point from the reference engine
         res = [generate(model, processor, s.messages(), images=s.images, policy="full", budget=1.0,
-                        max_new_tokens=2) for s in samples]  # fmt: skip
+                        max_new_tokens=MAX_NEW_TOKENS) for s in samples]  # fmt: skip
         rows["full"] = [{"answer": reference_answer(processor, r.tokens)} for r in res]
     summary = summarise(rows, samples)
     text = table(summary, args.budgets)

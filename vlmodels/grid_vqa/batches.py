@@ -1,7 +1,8 @@
-"""Samples -> model inputs: the chat prompt with the one-word answer appended, labels on the answer.
+"""Samples -> model inputs: the chat prompt with its answer sentence appended, labels on every answer.
 
-Used by training (teacher-forced loss) and by the in-process evaluation: because every answer is one
-token, the argmax at the answer position is exactly the first greedy token.
+Used by training (teacher-forced loss) and by the in-process evaluation. Greedy decoding reproduces
+an answer exactly iff the argmax is right at every one of its positions under teacher forcing, so
+`first_answer_correct` is the greedy exact match without generating.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ def prompt_text(processor, sample: Sample) -> str:
 
 def encode(processor, samples: list[Sample], follow_ups: list[list[tuple[str, str, str]]] | None = None) -> dict:
     """Right-padded batch of `prompt + answer + <|im_end|>` (then, in training, `follow_ups[i]` as later
-    chat turns about the same images). `labels` are -100 but for each answer and its end token;
-    `answer_pos` is the position whose logits predict the first (evaluated) answer."""
+    chat turns about the same images). `labels` are -100 but on each assistant turn's answer and its
+    end token; `first_answer` marks the positions whose logits predict the first answer's tokens."""
     tok = processor.tokenizer
     texts = []
     for i, s in enumerate(samples):
@@ -30,31 +31,46 @@ def encode(processor, samples: list[Sample], follow_ups: list[list[tuple[str, st
     tok.padding_side = "right"
     batch = processor(text=texts, images=images, padding=True, return_tensors="pt")
     ids = batch["input_ids"]
-    # every answer follows "<|im_start|>assistant\n": find that marker's last token, label the next two
+    # every answer follows "<|im_start|>assistant\n" and ends with <|im_end|>: label what lies between
     marker = tok("<|im_start|>assistant\n")["input_ids"]
+    end_id = tok.convert_tokens_to_ids("<|im_end|>")
     n = len(marker)
-    windows = ids.unfold(1, n, 1)  # [B, T-n+1, n]
-    is_marker = (windows == torch.tensor(marker)).all(-1)
-    ends = torch.zeros_like(ids, dtype=torch.bool)
-    ends[:, n - 1 :] = is_marker
-    labels = torch.full_like(ids, -100)
-    answer_at = torch.zeros_like(ends)
-    answer_at[:, 1:] = ends[:, :-1]
-    end_at = torch.zeros_like(ends)
-    end_at[:, 1:] = answer_at[:, :-1]
-    labels[answer_at | end_at] = ids[answer_at | end_at]
+    is_marker = (ids.unfold(1, n, 1) == torch.tensor(marker)).all(-1)  # [B, T-n+1]: a marker starts here
+    starts = torch.zeros_like(ids, dtype=torch.bool)
+    starts[:, n:] = is_marker[:, :-1]  # the first answer token of each turn
+    in_answer = torch.zeros_like(starts)
+    turn = torch.zeros(ids.shape[0], dtype=torch.long)
+    first = torch.zeros_like(starts)
+    inside = torch.zeros(ids.shape[0], dtype=torch.bool)
+    for t in range(ids.shape[1]):  # short sequences; a scan is clearer than cumulative masks
+        opened = starts[:, t]
+        turn += opened.long()
+        inside |= opened
+        in_answer[:, t] = inside
+        first[:, t] = inside & (turn == 1)
+        inside &= ids[:, t] != end_id
+    labels = torch.where(in_answer, ids, torch.full_like(ids, -100))
     batch["labels"] = labels
-    first = ends.float().argmax(1)  # the first marker's end: its logits predict the first answer
-    batch["answer_pos"] = first
-    batch["answer_ids"] = ids[torch.arange(len(samples)), first + 1]
+    # logits at t predict token t+1: shift the first answer's mask one to the left
+    batch["first_answer"] = torch.zeros_like(first)
+    batch["first_answer"][:, :-1] = first[:, 1:]
     return batch
 
 
-def answer_predictions(model, batch: dict) -> torch.Tensor:
-    """Greedy first answer token per sample (no labels passed: no loss computed)."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "answer_pos", "answer_ids")}
+MODEL_INPUTS_EXCLUDE = ("labels", "first_answer")
+
+
+def first_answer_correct(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exact, token accuracy) per sample of the first answer under teacher forcing; `exact` is the
+    greedy exact match (see the module docstring). No labels passed: no loss computed."""
+    inputs = {k: v for k, v in batch.items() if k not in MODEL_INPUTS_EXCLUDE}
     logits = model(**inputs).logits
-    return logits[torch.arange(logits.shape[0]), batch["answer_pos"]].argmax(-1)
+    mask = batch["first_answer"]
+    target = torch.zeros_like(batch["input_ids"])
+    target[:, :-1] = batch["input_ids"][:, 1:]
+    hit = (logits.argmax(-1) == target) & mask
+    per = mask.sum(1).clamp(min=1)
+    return hit.sum(1) == mask.sum(1), hit.sum(1) / per
 
 
 def cell_labels(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The grid-VQA model: a small Qwen2-VL (4 LM layers) trained on `vlmodels.grid_vqa.task`.
+"""The grid-VQA model: a small Qwen2-VL (6 LM layers) trained on `vlmodels.grid_vqa.task`.
 
 The architecture comes from `vlmodels.tiny_qwen2vl` (same config keys SGLang needs, same chat
 template); only the sizes and the tokenizer's training text (the task's words) differ. The trained
@@ -17,7 +17,7 @@ SPEC = TinyQwen2VLSpec(
     seed=0,
     vocab_size=512,
     hidden_size=128,
-    num_layers=4,
+    num_layers=6,
     num_heads=4,
     num_kv_heads=2,
     intermediate_size=384,
@@ -53,16 +53,18 @@ def untrained_model(spec: TinyQwen2VLSpec = SPEC):
     return new_qwen2vl(spec, training_text=vocabulary_text())
 
 
-EXAMPLE_QUESTION = "What colour is the star?"
+EXAMPLE_QUESTION = "List the red shapes."
 
 
 def example_sample():
-    """The README's example: a held-out 10x10 grid with one star (the first such seed from 900000)."""
+    """The README's and the banner's example: a held-out 10x10 grid with 3 red shapes, read out (the
+    first such seed from 900000, far from training seeds)."""
     from vlmodels.grid_vqa.task import make_sample
 
-    seed = 900_000  # far from training seeds
-    while (sample := make_sample(seed, "colour", 1, (10, 10))).target != "star":
+    seed = 900_000
+    while len((sample := make_sample(seed, "list", 1, (10, 10))).answer.split(",")) != 3:
         seed += 1
+    assert sample.question == EXAMPLE_QUESTION
     return sample
 
 

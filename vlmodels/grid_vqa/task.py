@@ -1,21 +1,35 @@
 """The grid-VQA task: seeded synthetic images of shapes on a grid, and questions about them.
 
 An image is a `rows x cols` grid of 28x28-pixel cells (one Qwen2-VL visual token each, after the 2x2
-merge); a few cells hold a coloured shape, the rest are background. Question types, by how many image
-regions the answer depends on:
+merge); a few cells hold a coloured shape, the rest are background. Question types, in three forms
+(`FORM`), each answered in a sentence whose content comes after its first decoded token, i.e. after
+the plugin has compressed the prompt (a one-word answer would be computed before eviction and
+test nothing about the kept set):
 
-- `colour` (one region): "What colour is the star?" -- that shape occurs exactly once in the prompt.
-- `shape` (one region): "Which shape is red?" -- that colour occurs exactly once.
-- `count` (several regions): "How many shapes are red?" -- 0 to 4, over every image.
-- `which` (across images, 2+ images): "Which image has the star?" -- 1 to n.
+- form `sentence`, one region: `colour` "What colour is the star?" -> "The star is orange." (that
+  shape occurs exactly once); `shape` "Which shape is red?" -> "The red shape is a circle.";
+  several regions: `count` "How many shapes are red?" -> "I count 3 red shapes." (0 to 4);
+  across images: `which` "Which image has the star?" -> "The star is in image 2." (2+ images).
+- form `readout`: `list` "List the red shapes." -> "The red shapes are: circle, cross, star." Every red
+  object (2 to 5 of them, distinct shapes), in `SHAPES` order: each content word is read from
+  another cell.
+- form `caption`: `caption` "Describe the image." -> "Objects: red square, blue circle, green star."
+  Every object of a sparse prompt (2 to 6 in all images together, distinct shape-colour pairs), in
+  `SHAPES` then `COLOURS` order: 4 to 12 content words.
 
-Every answer is one word of `ANSWER_WORDS`, derivable from the sample's `objects` alone
-(`derive_answer`). Same seed -> same samples (`make_sample` draws from its own `random.Random`).
+Reading order (row-major) is not the order of readout and caption: Qwen2-VL places a visual token by
+M-RoPE offsets relative to the query, so "the third cell of row 3" needs absolute positions a tiny
+model trained for minutes on 2 CPU cores does not have; a fixed order over what cells hold needs
+only content, and still makes every content word of the answer come from another cell.
+
+Every answer is derivable from the sample's `objects` alone (`derive_answer`). Same seed -> same
+samples (`make_sample` draws from its own `random.Random`).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field, replace
 
 from PIL import Image, ImageDraw
@@ -31,7 +45,10 @@ COLOURS = {
     "orange": (240, 130, 20),
 }
 SHAPES = ("square", "circle", "triangle", "cross", "star")
-QUESTION_TYPES = ("colour", "shape", "count", "which")
+QUESTION_TYPES = ("colour", "shape", "count", "which", "list", "caption")
+FORM = {"colour": "sentence", "shape": "sentence", "count": "sentence", "which": "sentence",
+        "list": "readout", "caption": "caption"}  # fmt: skip
+FORMS = ("sentence", "readout", "caption")
 # The shapes and colours questions name. A tiny model trained from scratch on 2 shared CPU cores learns a
 # fixed lookup ("find the star") within minutes, while learning to look up whatever the question names
 # did not start within 300 steps; every shape and colour still appears, as distractors.
@@ -39,7 +56,28 @@ TARGET_SHAPES = ("star",)
 TARGET_COLOURS = ("red",)
 ONE_REGION = ("colour", "shape")
 MAX_COUNT = 4
-ANSWER_WORDS = tuple(COLOURS) + SHAPES + tuple(str(i) for i in range(MAX_COUNT + 1)) + ("1", "2", "3", "4")
+LIST_RANGE = (2, 5)  # red objects of a `list` question
+CAPTION_RANGE = (2, 6)  # objects of a `caption` prompt, all images together
+CONTENT_WORDS = tuple(COLOURS) + SHAPES + tuple(str(i) for i in range(MAX_COUNT + 1))
+
+
+def answer_units(answer: str, question: str = "") -> list[str]:
+    """What an answer is scored on, in order: each colour, shape and number it names, a colour directly
+    followed by a shape being one unit ("red square": a caption that swaps colours between objects
+    names none of them right). The sentence's frame ("The star is", "Objects:") and the words the
+    question already says ("red" of "List the red shapes.") are left out: they carry no answer."""
+    words = re.findall(r"[a-z0-9]+", answer.lower())
+    given = set(re.findall(r"[a-z0-9]+", question.lower()))
+    units, i = [], 0
+    while i < len(words):
+        if words[i] in COLOURS and i + 1 < len(words) and words[i + 1] in SHAPES:
+            units.append(f"{words[i]} {words[i + 1]}")
+            i += 2
+            continue
+        if words[i] in CONTENT_WORDS and words[i] not in given:
+            units.append(words[i])
+        i += 1
+    return units
 
 
 @dataclass(frozen=True)
@@ -84,30 +122,41 @@ class Sample:
         return chat
 
 
-def question_text(qtype: str, target: str) -> str:
-    """The named shape or colour is always the last word: it sits at a fixed distance before the answer,
-    which a small model learns to look up far sooner than a word whose place varies."""
+def question_text(qtype: str, target: str, num_images: int = 1) -> str:
+    """The named shape or colour is always the same word of its question: a small model learns to look
+    up a word at a fixed distance before the answer far sooner than a word whose place varies."""
     return {
         "colour": f"What colour is the {target}?",
         "shape": f"Which shape is {target}?",
         "count": f"How many shapes are {target}?",
         "which": f"Which image has the {target}?",
+        "list": f"List the {target} shapes.",
+        "caption": "Describe the image." if num_images == 1 else "Describe the images.",
     }[qtype]
 
 
+def _canonical(objects: list[GridObject]) -> list[GridObject]:
+    return sorted(objects, key=lambda o: (SHAPES.index(o.shape), list(COLOURS).index(o.colour), o.image, o.row, o.col))
+
+
 def derive_answer(qtype: str, target: str, objects: list[GridObject]) -> str:
-    """The answer from the objects alone (the generator's contract; tests re-derive it)."""
+    """The answer sentence from the objects alone (the generator's contract; tests re-derive it)."""
     if qtype == "colour":
         (obj,) = [o for o in objects if o.shape == target]
-        return obj.colour
+        return f"The {target} is {obj.colour}."
     if qtype == "shape":
         (obj,) = [o for o in objects if o.colour == target]
-        return obj.shape
+        return f"The {target} shape is a {obj.shape}."
     if qtype == "count":
-        return str(sum(o.colour == target for o in objects))
+        return f"I count {sum(o.colour == target for o in objects)} {target} shapes."
     if qtype == "which":
         (obj,) = [o for o in objects if o.shape == target]
-        return str(obj.image + 1)
+        return f"The {target} is in image {obj.image + 1}."
+    if qtype == "list":
+        listed = [o.shape for o in _canonical([o for o in objects if o.colour == target])]
+        return f"The {target} shapes are: {', '.join(listed) or 'none'}."
+    if qtype == "caption":
+        return "Objects: " + ", ".join(f"{o.colour} {o.shape}" for o in _canonical(objects)) + "."
     raise ValueError(f"unknown question type {qtype!r}; allowed: {QUESTION_TYPES}")
 
 
@@ -133,7 +182,13 @@ def make_sample(
     colours, shapes = list(COLOURS), list(SHAPES)
     placed: list[tuple[str, str]] = []  # (shape, colour) in placement order, image index alongside
     where: list[int] = []
-    if qtype in ("colour", "which"):
+    if qtype == "caption":  # sparse: few objects in all images, each shape-colour pair once
+        target = ""
+        k = min(rng.randint(*CAPTION_RANGE), rows * cols * num_images)
+        placed = rng.sample([(sh, c) for sh in shapes for c in colours], k)
+        where = [i // (rows * cols) for i in rng.sample(range(rows * cols * num_images), k)]  # a free cell each
+        others, objects_per_image = [], (0, 0)
+    elif qtype in ("colour", "which"):
         target = rng.choice(TARGET_SHAPES)
         placed.append((target, rng.choice(colours)))
         where.append(rng.randrange(num_images))
@@ -143,17 +198,23 @@ def make_sample(
         placed.append((rng.choice(shapes), target))
         where.append(rng.randrange(num_images))
         others = [(s, c) for s in shapes for c in colours if c != target]
+    elif qtype == "list":
+        target = rng.choice(TARGET_COLOURS)
+        k = min(rng.randint(*LIST_RANGE), rows * cols * num_images)
+        placed = [(shape, target) for shape in rng.sample(shapes, k)]
+        where = [i // (rows * cols) for i in rng.sample(range(rows * cols * num_images), k)]
+        others = [(s, c) for s in shapes for c in colours if c != target]
     else:  # count
         target = rng.choice(TARGET_COLOURS)
-        n = rng.randint(0, MAX_COUNT)
+        n = min(rng.randint(0, MAX_COUNT), rows * cols * num_images)
+        where = [i // (rows * cols) for i in rng.sample(range(rows * cols * num_images), n)]
         for _ in range(n):
             placed.append((rng.choice(shapes), target))
-            where.append(rng.randrange(num_images))
         others = [(s, c) for s in shapes for c in colours if c != target]
     lo, hi = objects_per_image
     for image in range(num_images):
         have = where.count(image)
-        for _ in range(max(0, rng.randint(lo, hi) - have)):
+        for _ in range(max(0, min(rng.randint(lo, hi), rows * cols) - have)):
             placed.append(rng.choice(others))
             where.append(image)
     objects = []
@@ -165,7 +226,7 @@ def make_sample(
             objects.append(GridObject(image, cell // cols, cell % cols, shape, colour))
     answer = derive_answer(qtype, target, objects)
     images = [render(grids[i], [] if blank else [o for o in objects if o.image == i]) for i in range(num_images)]
-    return Sample(qtype, question_text(qtype, target), answer, objects, grids, target=target, images=images)
+    return Sample(qtype, question_text(qtype, target, num_images), answer, objects, grids, target=target, images=images)
 
 
 def render(grid: tuple[int, int], objects: list[GridObject]) -> Image.Image:
@@ -221,17 +282,22 @@ def sample_stream(seed: int, qtypes=QUESTION_TYPES, num_images=(1, 2), grids=((8
 
 def vocabulary_text() -> list[str]:
     """Every question and answer word, for the tokenizer to learn whole-word merges."""
-    texts = []
+    texts = [question_text("caption", "", 1), question_text("caption", "", 2), "Objects: none."]
     for s in SHAPES:
-        texts += [question_text("colour", s), question_text("which", s)]
+        texts += [question_text("colour", s), question_text("which", s), f"The {s} is in image 1."]
+        texts += [f"The {s} is {c}." for c in COLOURS]
     for c in COLOURS:
-        texts += [question_text("shape", c), question_text("count", c)]
-    return texts + list(ANSWER_WORDS) + [" ".join(ANSWER_WORDS), "You are a helpful assistant."]
+        texts += [question_text(q, c) for q in ("shape", "count", "list")]
+        texts += [f"I count 0 {c} shapes.", f"The {c} shapes are: " + ", ".join(SHAPES) + "."]
+        texts += ["Objects: " + ", ".join(f"{c} {s}" for s in SHAPES) + "."]
+        texts += [f"The {c} shape is a {s}." for s in SHAPES]
+    return texts + [" ".join(CONTENT_WORDS), "You are a helpful assistant."]
 
 
 def follow_up_questions(sample: Sample, seed: int, k: int) -> list[tuple[str, str, str]]:
     """Up to `k` further (qtype, question, answer) about the same images, each answerable from
-    `sample.objects` (a shape or colour named by a one-region question occurs exactly once).
+    `sample.objects` (a shape or colour named by a one-region question occurs exactly once; a caption
+    is asked only of prompts with at most `CAPTION_RANGE[1]` objects).
 
     Training asks them as later chat turns: more supervision per image at little extra cost."""
     rng = random.Random(seed)
@@ -239,9 +305,12 @@ def follow_up_questions(sample: Sample, seed: int, k: int) -> list[tuple[str, st
     shape_once = [s for s in TARGET_SHAPES if sum(o.shape == s for o in objs) == 1]
     colour_once = [c for c in TARGET_COLOURS if sum(o.colour == c for o in objs) == 1]
     pool = [("colour", s) for s in shape_once] + [("shape", c) for c in colour_once]
-    pool += [("count", c) for c in TARGET_COLOURS]
+    pool += [("count", c) for c in TARGET_COLOURS] + [("list", c) for c in TARGET_COLOURS]
     if len(sample.grids) >= 2:
         pool += [("which", s) for s in shape_once]
+    if len(objs) <= CAPTION_RANGE[1]:
+        pool.append(("caption", ""))
     pool = [(q, t) for q, t in pool if (q, t) != (sample.qtype, sample.target)]  # never the first again
     picked = rng.sample(pool, min(k, len(pool)))
-    return [(q, question_text(q, t), derive_answer(q, t, objs)) for q, t in picked]
+    n = len(sample.grids)
+    return [(q, question_text(q, t, n), derive_answer(q, t, objs)) for q, t in picked]

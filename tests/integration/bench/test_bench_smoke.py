@@ -88,7 +88,10 @@ def test_accuracy_study_smoke(vlcache_server, tiny_model_dir, tmp_path):
                          ("blank_images", 1.0)}  # fmt: skip
     assert runs[("vlcache_blend0.5", 0.1)]["options"] == {"layer_budget_blend": 0.5}
     for (_, budget), r in runs.items():
-        assert len(r["answers"]) == payload["questions"] == 3  # one per prompt-length setting
+        assert len(r["answers"]) == payload["questions"] == 12  # one per form and prompt-length setting
+        assert {"form:sentence", "form:readout", "form:caption"} <= set(r["metrics"])
+        for m in r["metrics"].values():  # every figure carries its interval
+            assert m["exact_ci"][0] <= m["exact"] <= m["exact_ci"][1] and m["f1_ci"][0] <= m["f1"] <= m["f1_ci"][1]
         if budget < 1.0:  # every prompt is long enough to compress; the kept share is the budget
             assert r["compressed_share"] == 1.0 and abs(r["realized_budget"] - 0.1) < 0.02, r
     assert set(payload["reference_cross_check"]) == {"full@1", "vlcache@0.1", "snapkv@0.1"}
@@ -101,8 +104,9 @@ def test_hit_rate_diagnostic_smoke(tiny_model_dir, tmp_path):
     _run("bench.hit_rate", args, tmp_path)
     results = json.loads((tmp_path / "accuracy_hit_rate.json").read_text())["results"]
     assert set(results) == {"vlcache@0.1", "streamingllm@0.1"}
-    for r in results.values():
-        assert r["n"] == 2 and len(r["hit_rate"]) == 4 and all(0.0 <= h <= 1.0 for h in r["hit_rate"])
+    for r in results.values():  # [decoded token][layer]: every token of the answer, every layer of the model
+        assert r["questions"] == 2 and len(r["hit_rate"]) == len(r["answers_reaching_token"]) > 1
+        assert all(len(row) == 4 and all(0.0 <= h <= 1.0 for h in row) for row in r["hit_rate"])
     assert all((tmp_path / f"accuracy_hit_rate_{p}.png").stat().st_size > 0 for p in ("vlcache", "streamingllm"))
 
 
