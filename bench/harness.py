@@ -11,8 +11,6 @@ the first finish): steps in the window / its length. SGLang's own `first_token_l
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import os
 import random
@@ -29,7 +27,11 @@ import httpx
 from PIL import Image
 
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+from testkit import flush_when_idle, png_data_url
 from vlmodels.bench_qwen2vl import IMAGE_SIDE
+
+# The benchmarks' names for the shared helpers (`testkit`), kept for the scripts that import them from here.
+flush = flush_when_idle
 
 # Tests point this elsewhere so a smoke run never overwrites the committed results.
 RESULTS = Path(os.environ.get("VLCACHE_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -50,13 +52,6 @@ def noise_image(seed: int, side: int = IMAGE_SIDE) -> str:
         [(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(small.width * small.height)]
     )
     return png_data_url(small.resize((side, side), Image.NEAREST))
-
-
-def png_data_url(img: Image.Image) -> str:
-    """A PIL image as a `data:image/png;base64,...` URL (saved as is, no mode conversion)."""
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def prompt_text(processor, num_images: int, question: str = "Describe every image in detail.") -> str:
@@ -136,16 +131,6 @@ class Servers(ExitStack):
         self.enter_context(server)
         self.urls[name] = server.url
         return server.url
-
-
-def flush(url: str, timeout_s: float = 120.0) -> None:
-    """`/flush_cache` answers 400 while any request runs: retry until the server is idle."""
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=30) as client:
-        while client.post(f"{url}/flush_cache").status_code != 200:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} never went idle for /flush_cache")
-            time.sleep(0.2)
 
 
 def server_state(url: str) -> dict:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from bench.harness import png_data_url
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+from testkit import flush_when_idle
 from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,7 +63,7 @@ def main() -> None:
             }  # fmt: skip
             # Empty radix tree: the request owns its whole prompt KV (a cached prefix would stay with the
             # tree, and only the request's own tokens could be freed).
-            _flush(client)
+            flush_when_idle(client, 60.0)
             start = time.perf_counter()
             resp = client.post("/generate", json=body)
             resp.raise_for_status()
@@ -97,15 +98,6 @@ def main() -> None:
     ]
     print("\nratio to full (KV bytes): " + ", ".join(ratios))
     _plot(rows, args.budgets)
-
-
-def _flush(client, timeout_s=60.0) -> None:
-    """`/flush_cache` answers 400 while any request runs (SGLang's health probes too): retry."""
-    deadline = time.monotonic() + timeout_s
-    while client.post("/flush_cache").status_code != 200:
-        if time.monotonic() > deadline:
-            raise TimeoutError("SGLang never went idle for /flush_cache")
-        time.sleep(0.2)
 
 
 def _plot(rows, budgets) -> None:

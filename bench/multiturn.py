@@ -30,8 +30,6 @@ served, cached slots capped). Prints a table and the ratios to stock, writes
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import statistics
 from pathlib import Path
@@ -42,6 +40,7 @@ from PIL import Image
 
 from bench.harness import flush, png_data_url, sigterm_raises_exit
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+from testkit import mp4_data_url
 from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,19 +60,12 @@ def _png(size, color, seed):
 
 
 def _mp4(seed, frames=8, size=224):
-    import av
+    def frame(i, height, width):
+        arr = np.full((height, width, 3), (20 + 25 * i + 7 * seed) % 256, np.uint8)
+        arr[:: 16 + seed, :, 1] = 255
+        return arr
 
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=4)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            arr = np.full((size, size, 3), (20 + 25 * i + 7 * seed) % 256, np.uint8)
-            arr[:: 16 + seed, :, 1] = 255
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
-        container.mux(stream.encode())
-    return "data:video/mp4;base64," + base64.b64encode(buf.getvalue()).decode()
+    return mp4_data_url(frames, size, frame=frame)
 
 
 def _prompt(processor, media_kind, n_media, history):

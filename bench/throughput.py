@@ -32,6 +32,7 @@ import httpx
 
 from bench.harness import RESULTS, Servers, add_attach_args, bench_server_config, noise_image, progress, write_json
 from service.sglang_process import free_port
+from testkit import wait_until_ready
 from vlmodels.bench_qwen2vl import ensure_bench_qwen2vl
 
 
@@ -48,17 +49,10 @@ def gateway(backend_url: str, name: str):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        with httpx.Client(timeout=5) as client:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"gateway exited with {proc.returncode}; see {log.name}")
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get(f"{url}/ready").status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"gateway not ready at {url}")
-                time.sleep(0.3)
+        wait_until_ready(
+            url, timeout_s=120, name="gateway",
+            stopped=lambda: None if proc.poll() is None else f"gateway exited with {proc.returncode}; see {log.name}",
+        )  # fmt: skip
         yield url
     finally:
         proc.terminate()

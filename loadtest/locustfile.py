@@ -15,13 +15,13 @@ error event or a missing KV report (compressed policies) counts as a failure.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import random
 import time
 
 from locust import HttpUser, between, events, task
+
+from testkit import mp4_data_url, png_data_url
 
 METRIC = "METRIC"
 
@@ -58,29 +58,11 @@ def _png(seed: int, size: tuple[int, int]) -> str:
     for x in range(0, size[0], 16):  # some structure, so the visual tokens differ between images
         for y in range(0, size[1], 16):
             img.putpixel((x, y), tuple(rng.randrange(256) for _ in range(3)))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _mp4(frames: int = 8, size: int = 112) -> str:
-    import av
-    import numpy as np
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=4)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 20 + 25 * i, np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return "data:video/mp4;base64," + base64.b64encode(buf.getvalue()).decode()
+    return png_data_url(img)
 
 
 IMAGES = [_png(seed, size) for seed, size in enumerate([(224, 224), (336, 224), (224, 336), (448, 448)] * 2)]
-VIDEO = _mp4()
+VIDEO = mp4_data_url()
 
 
 def _fire_metric(environment, name: str, ms: float) -> None:

@@ -20,10 +20,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import httpx
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "run"
@@ -90,21 +87,16 @@ def _seconds(duration: str) -> int:
 def local_service(timeout_s: float = 600.0):
     """`vlcache-serve` (the embedded model, SGLang child on loopback) on a free port, until /ready."""
     from service.sglang_process import free_port
+    from testkit import wait_until_ready
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port)], start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vlcache-serve exited with {proc.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"vlcache-serve not ready at {url}")
-            time.sleep(1)
+        wait_until_ready(
+            url, timeout_s=timeout_s, poll_s=1, name="vlcache-serve",
+            stopped=lambda: None if proc.poll() is None else f"vlcache-serve exited with {proc.returncode}",
+        )  # fmt: skip
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

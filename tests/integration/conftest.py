@@ -1,17 +1,14 @@
 """The integration tier: one real SGLang server (CPU engine, tiny Qwen2-VL, plugin installed) per session."""
 
-import base64
 import contextlib
-import io
 import os
-import time
 
 import httpx
 import pytest
-from PIL import Image
 
 from radix_ext.sglang.registration import MARKER_DIR_ENV
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+from testkit import flush_when_idle
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the HF tokenizers in this process and forked ones
 
@@ -56,11 +53,8 @@ def running_sglang(config, tmp_path_factory, name, extra_env=None):
 
 def assert_slot_accounting_intact(url, timeout_s=60):
     """Flush once idle (SGLang refuses while requests run); the plugin checks its slot table first."""
-    deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=url, timeout=30) as c:
-        while c.post("/flush_cache").status_code != 200:
-            assert time.monotonic() < deadline, "the server never went idle"
-            time.sleep(0.2)
+        flush_when_idle(c, timeout_s)
         figures = c.get("/get_server_info").json()["internal_states"][0]["vl_cache"]
     assert figures["integrity_at_last_flush"] == "ok", figures["integrity_at_last_flush"]
 
@@ -96,19 +90,3 @@ def reference_model(tiny_model_dir):
     from transformers import Qwen2VLForConditionalGeneration
 
     return Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-
-
-def make_image(size, color, seed_pattern=0):
-    """A deterministic RGB test image with some structure (so visual tokens differ)."""
-    img = Image.new("RGB", size, color)
-    for x in range(0, size[0], 16):
-        for y in range(0, size[1], 16):
-            if (x // 16 + y // 16 + seed_pattern) % 3 == 0:
-                img.putpixel((x, y), (255 - color[0], 255 - color[1], 255 - color[2]))
-    return img
-
-
-def data_url(img):
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -6,7 +6,7 @@ import psutil
 import pytest
 import torch
 
-from tests.integration.conftest import data_url, make_image
+from testkit import make_image, png_data_url
 
 MAX_NEW_TOKENS = 16
 
@@ -59,7 +59,7 @@ def test_greedy_output_equals_transformers_generate(client, hf, case):
         "sampling_params": {"temperature": 0, "max_new_tokens": MAX_NEW_TOKENS},
     }
     if images:
-        body["image_data"] = [data_url(img) for img in images]
+        body["image_data"] = [png_data_url(img) for img in images]
     resp = client.post("/generate", json=body)
     assert resp.status_code == 200, resp.text
     result = resp.json()
@@ -76,7 +76,7 @@ def test_openai_chat_with_image_answers(client):
         "temperature": 0,
         "messages": chat(
             [
-                {"type": "image_url", "image_url": {"url": data_url(image)}},
+                {"type": "image_url", "image_url": {"url": png_data_url(image)}},
                 {"type": "text", "text": "What is in this picture?"},
             ]
         ),

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 
-import httpx
 import uvicorn
 
 from service.sglang_process import free_port
+from testkit import wait_until_ready
 
 
 @contextlib.contextmanager
@@ -20,19 +19,11 @@ def running_server(app, ready_path: str = "/health", timeout_s: float = 120.0):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
     try:
-        while True:
-            if not thread.is_alive():
-                raise RuntimeError("the gateway server stopped during start-up")
-            try:
-                if server.started and httpx.get(url + ready_path, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"gateway not ready at {url}")
-            time.sleep(0.1)
+        wait_until_ready(
+            url, path=ready_path, timeout_s=timeout_s, poll_s=0.1, name="gateway",
+            stopped=lambda: None if thread.is_alive() else "the gateway server stopped during start-up",
+        )  # fmt: skip
         yield url
     finally:
         server.should_exit = True

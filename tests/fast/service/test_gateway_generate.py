@@ -5,8 +5,8 @@ The same route against the real SGLang engine: tests/integration/service/test_ga
 
 import pytest
 
+from testkit import image_bytes, video_bytes
 from tests.fast.service.fake_backend import REPORT, REPORT_AS_ANSWERED
-from tests.fast.service.gateway_media import image_bytes, video_bytes
 from tests.fast.service.test_gateway_app import assert_openai_error
 
 PNG = image_bytes((64, 48), fmt="PNG")

@@ -7,7 +7,7 @@ from PIL import Image
 
 from service.errors import InvalidRequest, MediaTooLarge, UnsupportedMediaType
 from service.media.images import ImageLimits, prepare_image
-from tests.fast.service.gateway_media import image_bytes
+from testkit import image_bytes
 
 LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=4_000_000, max_aspect_ratio=200)
 

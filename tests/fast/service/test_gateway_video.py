@@ -19,7 +19,7 @@ from service.media.video import (
     sample_times,
     scaled_size,
 )
-from tests.fast.service.gateway_media import decoded_frames, image_bytes, video_bytes
+from testkit import decoded_frames, image_bytes, video_bytes
 
 LIMITS = VideoLimits(
     max_bytes=5_000_000, max_duration_s=60, max_frame_pixels=1920 * 1080, max_frames=8, fps=2.0,

@@ -4,7 +4,7 @@ that says the bound and what the request needed, and the gateway serving on afte
 import pytest
 
 from service.media.visual_tokens import VisualTokenCost
-from tests.fast.service.gateway_media import data_url, image_bytes, video_bytes
+from testkit import data_url, image_bytes, video_bytes
 
 HF_DEFAULT = VisualTokenCost()  # Qwen2-VL's processor defaults (min 56x56 px, max 16384 x 28 x 28 px)
 

@@ -8,8 +8,9 @@ import httpx
 from loadtest.run import run_locust, summary
 from service.app import create_app
 from service.config import GatewaySettings
+from testkit import flush_when_idle
 from tests.fast.service.gateway_server import running_server
-from tests.integration.sglang.test_vlcache_plugin import flush_when_idle, pool_state
+from tests.integration.sglang.test_vlcache_plugin import pool_state
 
 
 def test_locust_run_has_no_failures_and_leaves_no_slot_held(vlcache_server, tmp_path):

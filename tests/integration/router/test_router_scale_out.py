@@ -16,9 +16,8 @@ from service.app import create_app
 from service.config import GatewaySettings
 from service.router_launch import RouterConfig, SGLangRouter, worker_env
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+from testkit import make_image, mp4_data_url, png_data_url
 from tests.fast.service.gateway_server import running_server
-from tests.integration.conftest import data_url, make_image
-from tests.integration.sglang.test_vlcache_plugin import mp4_data_url
 
 WORKER_DEFAULTS = {"policy": "snapkv", "budget": 0.3}
 
@@ -54,7 +53,7 @@ def _served(worker_url: str) -> float:
 
 
 def _requests():
-    images = [data_url(make_image((224, 224), (30 * i, 160, 90), i)) for i in range(4)]
+    images = [png_data_url(make_image((224, 224), (30 * i, 160, 90), i)) for i in range(4)]
     video = mp4_data_url()
     policies = [{"policy": "vlcache", "budget": 0.1}, {"policy": "h2o", "budget": 0.2}, {"policy": "full"}, None]
     out = []

@@ -11,9 +11,7 @@ import pytest
 
 from service.cli import BANNER_END
 from service.sglang_process import free_port
-from tests.fast.service.gateway_media import data_url, image_bytes, video_bytes
-from tests.integration.conftest import data_url as png_data_url
-from tests.integration.conftest import make_image
+from testkit import data_url, image_bytes, make_image, png_data_url, video_bytes
 from tests.integration.service.conftest import API_KEY, MAX_IMAGE_BYTES, _openai
 
 MODEL = "tiny-qwen2vl"

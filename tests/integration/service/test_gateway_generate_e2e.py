@@ -5,12 +5,11 @@ import base64
 import httpx
 import pytest
 
-from tests.fast.service.gateway_media import video_bytes
-from tests.integration.conftest import data_url, make_image
+from testkit import make_image, png_data_url, video_bytes
 
 MODEL = "tiny-qwen2vl"
 IMAGE = make_image((224, 224), (30, 90, 200), 3)
-PNG = base64.b64decode(data_url(IMAGE).split(",", 1)[1])
+PNG = base64.b64decode(png_data_url(IMAGE).split(",", 1)[1])
 
 
 def test_image_upload_answers_like_the_chat_api(gateway, openai_client):
@@ -27,7 +26,7 @@ def test_image_upload_answers_like_the_chat_api(gateway, openai_client):
     assert usage["timings"]["e2e_ms"] >= usage["timings"]["ttft_ms"] > 0 and usage["timings"]["media_ms"] > 0
     chat = openai_client.chat.completions.create(
         model=MODEL, max_tokens=6, temperature=0,
-        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(IMAGE)}},
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_url(IMAGE)}},
                                                {"type": "text", "text": "What is in the picture?"}]}],
     )  # fmt: skip
     assert out["text"] == chat.choices[0].message.content
@@ -48,7 +47,7 @@ def test_video_and_image_upload(gateway):
 
 def test_upload_with_vl_cache_options_reports_the_compression(vlcache_gateway):
     big = make_image((448, 448), (20, 120, 200), 1)  # 256 visual tokens: enough to compress
-    png = base64.b64decode(data_url(big).split(",", 1)[1])
+    png = base64.b64decode(png_data_url(big).split(",", 1)[1])
     with httpx.Client(base_url=vlcache_gateway, timeout=180) as http:
         resp = http.post("/v1/generate", data={"prompt": "Describe the image.", "max_tokens": "3", "policy": "vlcache", "budget": "0.2"},  # noqa: E501
                          files=[("images", ("photo.png", png, "image/png"))])  # fmt: skip

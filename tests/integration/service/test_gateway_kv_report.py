@@ -8,12 +8,10 @@ import time
 import httpx
 import pytest
 
-from tests.fast.service.gateway_media import data_url as media_data_url
-from tests.fast.service.gateway_media import video_bytes
-from tests.integration.conftest import data_url, make_image
+from testkit import data_url, make_image, png_data_url, video_bytes
 
 MODEL = "tiny-qwen2vl"
-IMAGE = data_url(make_image((448, 448), (20, 120, 200), 1))  # 256 visual tokens: enough to compress
+IMAGE = png_data_url(make_image((448, 448), (20, 120, 200), 1))  # 256 visual tokens: enough to compress
 
 
 def ask(openai_client, vl_cache=None, max_tokens=8):
@@ -62,7 +60,7 @@ def test_full_policy_reports_no_saving_and_changes_nothing(vlcache_openai_client
 
 
 def test_video_request_is_compressed_too(vlcache_openai_client):
-    clip = media_data_url(video_bytes(frames=30, size=(128, 96), fps=10), "video/mp4")  # 6 frames -> 420 tokens
+    clip = data_url(video_bytes(frames=30, size=(128, 96), fps=10), "video/mp4")  # 6 frames -> 420 tokens
     resp = vlcache_openai_client.chat.completions.create(
         model=MODEL, max_tokens=4, temperature=0,
         messages=[{"role": "user", "content": [{"type": "video_url", "video_url": {"url": clip}},
@@ -87,7 +85,7 @@ def _layer_slots(http) -> list[int]:
 def test_client_disconnect_mid_stream_frees_the_requests_kv(vlcache_gateway):
     """The client leaves mid-stream: the gateway aborts the request in SGLang, and every layer's
     physical KV slots go back to what they were before it (the pool figures of the plugin)."""
-    image = data_url(make_image((448, 448), (200, 200, 40), 2))  # not in the radix tree yet
+    image = png_data_url(make_image((448, 448), (200, 200, 40), 2))  # not in the radix tree yet
     body = {"model": MODEL, "max_tokens": 4000, "temperature": 0, "ignore_eos": True, "stream": True,
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
                                                       {"type": "text", "text": "Describe the image."}]}],

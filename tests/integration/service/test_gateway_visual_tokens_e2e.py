@@ -5,12 +5,12 @@ import httpx
 
 from service.app import create_app
 from service.config import GatewaySettings
+from testkit import make_image, png_data_url
 from tests.fast.service.gateway_server import running_server
-from tests.integration.conftest import data_url, make_image
 
 
 def _chat(*sizes):
-    parts = [{"type": "image_url", "image_url": {"url": data_url(make_image(size, (20, 90, 200), i))}}
+    parts = [{"type": "image_url", "image_url": {"url": png_data_url(make_image(size, (20, 90, 200), i))}}
              for i, size in enumerate(sizes)]  # fmt: skip
     content = [*parts, {"type": "text", "text": "Describe."}]
     return {"model": "default", "max_tokens": 2, "temperature": 0, "messages": [{"role": "user", "content": content}]}

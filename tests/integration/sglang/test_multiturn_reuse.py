@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from service.sglang_process import SGLangServerConfig, free_port
-from tests.integration.conftest import data_url, make_image, running_sglang
-from tests.integration.sglang.test_vlcache_plugin import flush_when_idle, generate, pool_state, report_of
+from testkit import flush_when_idle, make_image, png_data_url
+from tests.integration.conftest import running_sglang
+from tests.integration.sglang.test_vlcache_plugin import generate, pool_state, report_of
 
 IMAGES = [make_image((448, 448), (200, 30, 30)), make_image((448, 448), (20, 120, 200), 1)]
 LAZY = {"policy": "vlcache", "budget": 0.1, "reuse": "lazy", "report_kept": True}
@@ -40,7 +41,7 @@ def chat(processor, turns, images=2):
 def ask(client, prompt, vl, images=IMAGES, max_new_tokens=8, **sampling):
     params = {"temperature": 0, "max_new_tokens": max_new_tokens, "custom_params": {"vl_cache": vl}, **sampling}
     return generate(
-        client, {"text": prompt, "image_data": [data_url(img) for img in images], "sampling_params": params}
+        client, {"text": prompt, "image_data": [png_data_url(img) for img in images], "sampling_params": params}
     )
 
 
@@ -138,7 +139,7 @@ def test_cached_turns_are_evicted_under_pressure(pressure_server, processor):
         make_image((448, 448), (90, 200, 40), 2),
         [make_image((448, 448), (30 * i, 60, 200 - 30 * i), i) for i in range(5)],
     )
-    long_run = {"text": prompt, "image_data": [data_url(mine)], "stream": True, "sampling_params": {
+    long_run = {"text": prompt, "image_data": [png_data_url(mine)], "stream": True, "sampling_params": {
         "temperature": 0, "max_new_tokens": 1000, "ignore_eos": True, "custom_params": {"vl_cache": LAZY}}}  # fmt: skip
     with httpx.Client(base_url=pressure_server.url, timeout=120) as c:
         flush_when_idle(c)

@@ -1,18 +1,14 @@
 """The vlcache plugin inside the real SGLang runtime (CPU engine, tiny Qwen2-VL, float32)."""
 
-import base64
-import io
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-import av
 import httpx
-import numpy as np
 import pytest
 
 from service.sglang_process import SGLangServerConfig, free_port
-from tests.integration.conftest import data_url, make_image, running_sglang
+from testkit import flush_when_idle, make_image, mp4_data_url, png_data_url
+from tests.integration.conftest import running_sglang
 
 IMAGE = make_image((448, 448), (200, 30, 30))
 OTHER_IMAGE = make_image((224, 336), (20, 120, 200), 1)
@@ -36,7 +32,7 @@ def body(prompt, images=(), vl=None, max_new_tokens=16, videos=(), **sampling):
         params["custom_params"] = {"vl_cache": vl}
     out = {"text": prompt, "sampling_params": params}
     if images:
-        out["image_data"] = [data_url(img) for img in images]
+        out["image_data"] = [png_data_url(img) for img in images]
     if videos:
         out["video_data"] = list(videos)
     return out
@@ -55,27 +51,6 @@ def report_of(result):
 
 def pool_state(client):
     return client.get("/get_server_info").json()["internal_states"][0]["vl_cache"]
-
-
-def flush_when_idle(client, timeout_s=60):
-    """`/flush_cache` is refused while requests still run (aborted ones finish a step later): retry."""
-    deadline = time.monotonic() + timeout_s
-    while client.post("/flush_cache").status_code != 200:
-        assert time.monotonic() < deadline, "the server never went idle"
-        time.sleep(0.2)
-
-
-def mp4_data_url(frames=8, size=112):
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=4)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 20 + 25 * i, np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return "data:video/mp4;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 # --- parity --------------------------------------------------------------------------------------------
@@ -211,7 +186,11 @@ def _peak_after_batch(client, prompt, images, vl):
     """Run one batch `/generate` (one request per image) to completion; return the scheduler's own
     record of the most requests holding KV at once (a maximum since the server started)."""
     sampling = {"temperature": 0, "max_new_tokens": 150, "ignore_eos": True, "custom_params": {"vl_cache": vl}}
-    batch = {"text": [prompt] * len(images), "image_data": [[data_url(i)] for i in images], "sampling_params": sampling}
+    batch = {
+        "text": [prompt] * len(images),
+        "image_data": [[png_data_url(i)] for i in images],
+        "sampling_params": sampling,
+    }
     results = generate(client, batch)
     assert [len(r["output_ids"]) for r in results] == [150] * len(images)
     return pool_state(client)["peak_running_requests"]
