@@ -45,7 +45,8 @@ def decoded_attention(model, processor, sample, tokens: list[int]) -> list[torch
     extra = tokens[:-1]
     for key, value in list(inputs.items()):  # per-token tensors grow by the decoded (text) tokens
         if key != "pixel_values" and value.dim() == 2 and value.shape == (1, m):
-            more = torch.tensor([extra if key == "input_ids" else [1] * len(extra)], dtype=value.dtype)
+            fill = {"input_ids": extra, "attention_mask": [1] * len(extra)}.get(key, [0] * len(extra))  # 0: text
+            more = torch.tensor([fill], dtype=value.dtype)
             inputs[key] = torch.cat([value, more], 1)
     with torch.no_grad():
         out = model(**inputs, output_attentions=True)
