@@ -1,4 +1,7 @@
-"""Turn a media reference (a `data:` URL or an http(s) URL) into bytes, within a byte limit.
+"""Turn a media source (a `data:` URL, an http(s) URL, or an uploaded file) into bytes, within a byte limit.
+
+`read_media` is the one door: the intake calls it once per item, with the item's byte limit already
+decided (`service.media.limits`); every size comparison is `limits.check_size`.
 
 Contract:
 - the result carries the bytes and the media type the client declared (the data URL's MIME type, the
@@ -12,6 +15,8 @@ Contract:
   verified against it). Pinning the address closes the DNS-rebinding gap between check and connect.
   Redirects are followed by hand, each hop checked the same way.
 - Any other scheme (file:, ftp:, bare paths, ...) is refused: SGLang would happily open a local path.
+- an upload (multipart `/v1/generate`, already spooled by the form parser) is refused by its size
+  before it is read, and by what was read; an empty one is a 400.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import binascii
 import ipaddress
 import socket
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from service.errors import InvalidRequest, MediaTooLarge
+from service.errors import InvalidRequest
+from service.media.limits import check_size
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -37,6 +44,15 @@ class MediaBytes:
 
     data: bytes
     declared_type: str | None = None
+
+
+class Upload(Protocol):
+    """What the intake needs of an uploaded file (Starlette's `UploadFile` has it)."""
+
+    size: int | None
+    content_type: str | None
+
+    async def read(self, size: int = -1) -> bytes: ...
 
 
 def media_type_of(value: str | None) -> str | None:
@@ -95,15 +111,13 @@ def decode_data_url(url: str, *, max_bytes: int, what: str) -> bytes:
     if not header.endswith(";base64"):
         raise InvalidRequest(f"{what}: data URLs must be base64-encoded", code="invalid_media_url")
     payload = payload.strip()
-    # 4 base64 characters carry 3 bytes: refuse before allocating the decoded copy.
-    if len(payload) // 4 * 3 > max_bytes + 2:
-        raise MediaTooLarge(f"{what}: larger than the limit of {max_bytes} bytes", code="media_too_large")
+    # 4 base64 characters carry 3 bytes (up to 2 of them padding): refuse before allocating the decoded copy.
+    check_size(len(payload) // 4 * 3 - 2, max_bytes, what)
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest(f"{what}: invalid base64 in data URL", code="invalid_media_url") from None
-    if len(data) > max_bytes:
-        raise MediaTooLarge(f"{what}: larger than the limit of {max_bytes} bytes", code="media_too_large")
+    check_size(len(data), max_bytes, what)
     if not data:
         raise InvalidRequest(f"{what}: empty media", code="invalid_media")
     return data
@@ -174,16 +188,13 @@ async def fetch_url(
                     f"{what}: fetching the URL gave HTTP {response.status_code}", code="media_fetch_failed"
                 )
             declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise MediaTooLarge(f"{what}: larger than the limit of {max_bytes} bytes", code="media_too_large")
+            if declared and declared.isdigit():
+                check_size(int(declared), max_bytes, what)
             chunks, size = [], 0
             try:
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
-                    if size > max_bytes:
-                        raise MediaTooLarge(
-                            f"{what}: larger than the limit of {max_bytes} bytes", code="media_too_large"
-                        )
+                    check_size(size, max_bytes, what)
                     chunks.append(chunk)
             except httpx.HTTPError as exc:
                 raise InvalidRequest(
@@ -206,3 +217,23 @@ async def load_media_bytes(
         declared = media_type_of(url[5:].partition(",")[0])
         return MediaBytes(decode_data_url(url, max_bytes=max_bytes, what=what), declared)
     return await fetch_url(url, max_bytes=max_bytes, policy=policy, client=client, what=what)
+
+
+async def read_upload(upload: Upload, max_bytes: int, what: str) -> MediaBytes:
+    """The bytes of an upload (already spooled by the form parser), refused over `max_bytes`."""
+    if upload.size is not None:
+        check_size(upload.size, max_bytes, what)
+    data = await upload.read(max_bytes + 1)
+    check_size(len(data), max_bytes, what)
+    if not data:
+        raise InvalidRequest(f"{what}: empty file", code="invalid_media")
+    return MediaBytes(data, media_type_of(upload.content_type))
+
+
+async def read_media(
+    source: str | Upload, *, max_bytes: int, policy: FetchPolicy, client: httpx.AsyncClient, what: str
+) -> MediaBytes:
+    """The bytes of one media item: a `data:` or http(s) URL (a string), or an uploaded file."""
+    if isinstance(source, str):
+        return await load_media_bytes(source, max_bytes=max_bytes, policy=policy, client=client, what=what)
+    return await read_upload(source, max_bytes, what)

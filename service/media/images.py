@@ -22,20 +22,10 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidRequest, MediaTooLarge, UnsupportedMediaType
+from service.media.limits import ImageLimits, check_size
 
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
 ACCEPTED_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/pjpeg", "image/webp", "image/gif"})
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int
-    max_pixels: int
-    max_aspect_ratio: float = 200.0
-
-    @classmethod
-    def from_settings(cls, settings) -> ImageLimits:
-        return cls(settings.max_image_bytes, settings.max_image_pixels, settings.max_image_aspect_ratio)
 
 
 @dataclass(frozen=True)
@@ -58,8 +48,7 @@ def prepare_image(
 
     `declared_type` is the media type the client gave (data URL, upload, HTTP header), if any.
     """
-    if len(data) > limits.max_bytes:
-        raise MediaTooLarge(f"{what}: larger than the limit of {limits.max_bytes} bytes", code="media_too_large")
+    check_size(len(data), limits.max_bytes, what)
     with warnings.catch_warnings():
         # Pillow warns (rather than fails) between 1x and 2x its MAX_IMAGE_PIXELS; we refuse both.
         warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -20,12 +20,13 @@ from __future__ import annotations
 import base64
 import io
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 
 from service.errors import InvalidRequest, MediaTooLarge, UnsupportedMediaType
+from service.media.limits import VideoLimits, check_size
 
 ACCEPTED_CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "webm"}
 ACCEPTED_TYPES = frozenset({"video/mp4", "video/quicktime", "video/webm", "video/x-matroska", "video/x-m4v"})
@@ -34,37 +35,6 @@ ACCEPTED_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4"})
 # keeps all of its frames. Changing it makes SGLang resample our samples.
 ENCODE_FPS = 2.0
 ENCODERS = ("libx264", "mpeg4")  # libx264 ships in PyAV's wheels; mpeg4 is FFmpeg's built-in fallback
-
-
-@dataclass(frozen=True)
-class VideoLimits:
-    max_bytes: int
-    max_duration_s: float
-    max_frame_pixels: int
-    max_frames: int
-    fps: float
-    frame_max_side: int
-    max_decoded_frames: int
-
-    @classmethod
-    def from_settings(cls, settings) -> VideoLimits:
-        return cls(
-            max_bytes=settings.max_video_bytes,
-            max_duration_s=settings.max_video_duration_s,
-            max_frame_pixels=settings.max_video_frame_pixels,
-            max_frames=settings.video_max_frames,
-            fps=settings.video_fps,
-            frame_max_side=settings.video_frame_max_side,
-            max_decoded_frames=settings.max_video_decoded_frames,
-        )
-
-    def narrowed(self, max_frames: int | None = None, fps: float | None = None) -> VideoLimits:
-        """Per-request options may lower the sampling limits, never raise them."""
-        return replace(
-            self,
-            max_frames=min(self.max_frames, max_frames) if max_frames else self.max_frames,
-            fps=min(self.fps, fps) if fps else self.fps,
-        )
 
 
 @dataclass(frozen=True)
@@ -111,8 +81,7 @@ def prepare_video(
 
     `declared_type` is the media type the client gave (data URL, upload, HTTP header), if any.
     """
-    if len(data) > limits.max_bytes:
-        raise MediaTooLarge(f"{what}: larger than the limit of {limits.max_bytes} bytes", code="media_too_large")
+    check_size(len(data), limits.max_bytes, what)
     try:
         with _open(data, what, declared_type) as container:
             stream, container_name, codec = _video_stream(container, what)
