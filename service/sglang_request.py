@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from service.conversation import PreparedConversation
+from service.media.intake import PreparedMedia
 from service.vl_cache import custom_params
 
 # A generous default when the client gives no max_tokens (OpenAI's is "until the context is full";
@@ -65,10 +65,14 @@ def sampling_params(options: SamplingOptions, vl_cache: dict | None) -> dict:
     return params
 
 
-def generate_payload(sampling: dict, conversation: PreparedConversation, prompt: str, rid: str) -> dict:
-    payload: dict = {"rid": rid, "text": prompt, "sampling_params": sampling}
-    if conversation.images:
-        payload["image_data"] = [image.data_url() for image in conversation.images]
-    if conversation.videos:
-        payload["video_data"] = [video.data_url() for video in conversation.videos]
+def generate_payload(
+    options: SamplingOptions, vl_cache: dict | None, media: PreparedMedia, prompt: str, rid: str
+) -> dict:
+    """The whole `/generate` body: prompt, media data URLs, sampling parameters (with the VL-Cache
+    options), request id."""
+    payload: dict = {"rid": rid, "text": prompt, "sampling_params": sampling_params(options, vl_cache)}
+    if media.images:
+        payload["image_data"] = [image.data_url() for image in media.images]
+    if media.videos:
+        payload["video_data"] = [video.data_url() for video in media.videos]
     return payload

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from service.admission import AdmissionLimiter
 from service.backend import Backend
 from service.config import GatewaySettings
-from service.errors import BackendError, MediaTooLarge, ModelNotFound
+from service.errors import BackendError, ModelNotFound
 from service.media.intake import MediaIntake
 from service.media.visual_tokens import VisualTokenCost
 from service.metrics import GatewayMetrics
@@ -62,20 +62,6 @@ class GatewayState:
             raise ModelNotFound(
                 f"model {model!r} is not served here; use {self.model_name!r}", param="model", code="model_not_found"
             )
-
-    def check_visual_tokens(self, images, videos) -> int:
-        """The visual tokens of a request's prepared media; 413 `too_many_visual_tokens` over the bound."""
-        costs = [self.visual_cost.image(i.width, i.height) for i in images]
-        costs += [self.visual_cost.video(v.frames, v.width, v.height) for v in videos]
-        total = sum(costs)
-        if self.max_visual_tokens is not None and total > self.max_visual_tokens:
-            parts = " + ".join(str(c) for c in costs)
-            raise MediaTooLarge(
-                f"the images and videos of this request need {total} visual tokens ({parts}); this server accepts "
-                f"at most {self.max_visual_tokens} per request: send fewer or smaller images, or fewer frames",
-                code="too_many_visual_tokens",
-            )
-        return total
 
     def note_stopped_request(self) -> None:
         self.stopped_requests += 1

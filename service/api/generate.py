@@ -16,11 +16,10 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from service import vl_cache
-from service.api.completion import finish_reason
 from service.api.pipeline import GenerationRun
-from service.conversation import prepare_uploads
+from service.conversation import plan_uploads
 from service.schemas import GENERATION_ERRORS, Generation
-from service.sglang_request import SamplingOptions, sampling_params
+from service.sglang_request import SamplingOptions
 from service.state import GatewayState
 
 router = APIRouter()
@@ -53,33 +52,27 @@ async def generate(
     ] = None,
     model: Annotated[str, Form(description="the served model id (default: it)")] = None,
 ) -> Response:
+    received = time.perf_counter()
     gw: GatewayState = request.app.state.gateway
-    run = GenerationRun(gw, request, "gen")
     gw.check_model(model)
     sent = None if policy is None and budget is None else {"policy": policy, "budget": budget}
     options = vl_cache.resolve(sent, gw.settings)
-    sampling = sampling_params(
-        SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed), options
-    )
+    sampling = SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     settings = gw.settings
-    uploads = list(images or [])
-
-    def prepare():
-        return prepare_uploads(
-            prompt, uploads, video, gw.intake, settings.max_images_per_request, settings.max_videos_per_request,
-            video_max_frames=max_frames, video_fps=fps,
-        )  # fmt: skip
-
-    outcome = await run.execute(prepare, sampling, stream=False)
+    plan = plan_uploads(
+        prompt, list(images or []), video, settings.max_images_per_request, settings.max_videos_per_request,
+        video_max_frames=max_frames, video_fps=fps,
+    )  # fmt: skip
+    run = GenerationRun(gw, request, "gen", received)
+    outcome = await run.execute(plan, sampling, options, stream=False)
     if isinstance(outcome, Response):
         return outcome  # the client left
-    meta = outcome.get("meta_info", {})
     answer = Generation(
         id=run.rid,
         created=int(time.time()),
         model=gw.model_name,
-        text=outcome.get("text", ""),
-        finish_reason=finish_reason(meta),
-        usage=run.plain_usage(meta),
+        text=outcome.text,
+        finish_reason=outcome.finish_reason,
+        usage=outcome.usage,
     )
     return JSONResponse(answer.model_dump(mode="json"), headers={"x-request-id": run.rid})

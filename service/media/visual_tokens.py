@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.errors import MediaTooLarge
+
 # Qwen2-VL's HF image processor defaults (used when the model folder says nothing).
 DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 28 * 28 * 16384
@@ -86,3 +88,18 @@ class VisualTokenCost:
         h, w = smart_resize(height, width, self.factor, VIDEO_MIN_PIXELS, max_pixels)  # SGLang's loader
         h, w = smart_resize(h, w, self.factor, self.video_min_pixels, self.video_max_pixels)  # the HF processor
         return math.ceil(frames / TEMPORAL_PATCH) * (h // self.factor) * (w // self.factor)
+
+    def check(self, images, videos, max_tokens: int | None) -> int:
+        """The visual tokens of a request's prepared media (`.width`, `.height`, and `.frames` for a
+        video); 413 `too_many_visual_tokens` over `max_tokens` (None: no bound)."""
+        costs = [self.image(i.width, i.height) for i in images]
+        costs += [self.video(v.frames, v.width, v.height) for v in videos]
+        total = sum(costs)
+        if max_tokens is not None and total > max_tokens:
+            parts = " + ".join(str(c) for c in costs)
+            raise MediaTooLarge(
+                f"the images and videos of this request need {total} visual tokens ({parts}); this server accepts "
+                f"at most {max_tokens} per request: send fewer or smaller images, or fewer frames",
+                code="too_many_visual_tokens",
+            )
+        return total
