@@ -34,10 +34,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     gw: GatewayState = request.app.state.gateway
     gw.check_model(body.model)
     options = vl_cache.resolve(body.vl_cache.model_dump() if body.vl_cache else None, gw.settings)
+    sampling = SamplingOptions.of(body)
     settings = gw.settings
     plan = plan_conversation(body.messages, settings.max_images_per_request, settings.max_videos_per_request)
     run = GenerationRun(gw, request, "chatcmpl", received)
-    outcome = await run.execute(plan, SamplingOptions.of(body), options, stream=body.stream)
+    outcome = await run.execute(plan, sampling, options, stream=body.stream)
     if isinstance(outcome, Response):
         return outcome  # the client left
     if isinstance(outcome, StreamStart):
