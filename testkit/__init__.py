@@ -1,6 +1,6 @@
 """What the tests, the benchmarks and the load test share to drive a server: media made on the fly
-(images with Pillow, clips with PyAV; no files shipped), waiting until a server is ready, and flushing
-SGLang's cache once it is idle.
+(images with Pillow, clips with PyAV; no files shipped), waiting until a server is ready, an ASGI app
+on a real uvicorn server in a thread, and flushing SGLang's cache once it is idle.
 
 The one home of these helpers: `tests/`, `bench/` and `loadtest/` import them from here. Nothing under
 `service/` or `radix_ext/` may import this package (it is client-side tooling, not the product).
@@ -11,7 +11,9 @@ loads them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import threading
 import time
 from collections.abc import Callable
 
@@ -156,3 +158,27 @@ def flush_when_idle(server: str | httpx.Client, timeout_s: float = 120.0) -> Non
     finally:
         if own:
             client.close()
+
+
+@contextlib.contextmanager
+def running_server(app, ready_path: str = "/health", timeout_s: float = 120.0):
+    """Run an ASGI app on a real uvicorn server on a free loopback port, in a background thread; yield
+    its base URL once `ready_path` answers 200 (the app's lifespan has run by then)."""
+    import uvicorn
+
+    from service.sglang_process import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(
+            url, path=ready_path, timeout_s=timeout_s, poll_s=0.1, name="gateway",
+            stopped=lambda: None if thread.is_alive() else "the gateway server stopped during start-up",
+        )  # fmt: skip
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -8,9 +8,8 @@ import httpx
 import pytest
 
 from service.errors import BackendError, InvalidRequest
-from testkit import data_url, image_bytes, video_bytes
+from testkit import data_url, image_bytes, running_server, video_bytes
 from tests.fast.service.fake_backend import REPORT, REPORT_AS_ANSWERED
-from tests.fast.service.gateway_server import running_server
 
 
 def chat(content="Hello", **extra):

@@ -8,8 +8,7 @@ import httpx
 from loadtest.run import run_locust, summary
 from service.app import create_app
 from service.config import GatewaySettings
-from testkit import flush_when_idle
-from tests.fast.service.gateway_server import running_server
+from testkit import flush_when_idle, running_server
 from tests.integration.sglang.test_vlcache_plugin import pool_state
 
 

@@ -16,8 +16,7 @@ from service.app import create_app
 from service.config import GatewaySettings
 from service.router_launch import RouterConfig, SGLangRouter, worker_env
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
-from testkit import make_image, mp4_data_url, png_data_url
-from tests.fast.service.gateway_server import running_server
+from testkit import make_image, mp4_data_url, png_data_url, running_server
 
 WORKER_DEFAULTS = {"policy": "snapkv", "budget": 0.3}
 

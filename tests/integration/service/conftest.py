@@ -16,7 +16,7 @@ import pytest
 
 from service.app import create_app
 from service.config import GatewaySettings
-from tests.fast.service.gateway_server import running_server
+from testkit import running_server
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

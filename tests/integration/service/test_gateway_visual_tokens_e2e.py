@@ -5,8 +5,7 @@ import httpx
 
 from service.app import create_app
 from service.config import GatewaySettings
-from testkit import make_image, png_data_url
-from tests.fast.service.gateway_server import running_server
+from testkit import make_image, png_data_url, running_server
 
 
 def _chat(*sizes):
