@@ -236,6 +236,74 @@ def _multiturn(data: dict) -> str:
     return table(header, rows) + "\n\n" + summary
 
 
+@renderer("accuracy", "accuracy.json")
+def _accuracy(data: dict) -> str:
+    """Per form, the headline metric of every policy at every budget, with its 95% interval."""
+    headline = {"sentence": "exact", "readout": "f1", "caption": "f1"}
+    runs = {(r["label"], r["budget"]): r for r in data["runs"]}
+    full = runs[("full", 1.0)]
+    budgets = [b for b in data["budgets"] if b < 1.0]
+    labels = list(dict.fromkeys(r["label"] for r in data["runs"] if r["label"] not in ("full", "blank_images")))
+    blank = runs.get(("blank_images", 1.0))
+    parts = []
+    for form, metric in headline.items():
+        key = f"form:{form}"
+
+        def cell(run, key=key, metric=metric):
+            m = run["metrics"][key]
+            lo, hi = m[f"{metric}_ci"]
+            return f"{m[metric]:.3f} [{lo:.2f}, {hi:.2f}]"
+
+        rows = [[label] + [cell(runs[(label, b)]) for b in budgets] for label in labels]
+        rows.append(["full (every policy at 1.0)"] + [cell(full)] * len(budgets))
+        if blank:
+            rows.append(["blank images (full cache)"] + [cell(blank)] * len(budgets))
+        n = full["metrics"][key]["n"]
+        parts.append(f"**{form}**, {metric} (n={n} per cell, 95% interval):\n\n"
+                     + table(["policy"] + [f"{b:g}" for b in budgets], rows))  # fmt: skip
+    control = "; ".join(f"{form} F1 {v['ratio']:.2f} of full ({'fell' if v['fell'] else 'did not fall'})"
+                        for form, v in data["control"].items())  # fmt: skip
+    parts.append(f"Control `random` at 0.05: {control}. {data['questions']} questions, "
+                 f"{data['sglang_minutes']:.1f} min through SGLang.")  # fmt: skip
+    return "\n\n".join(parts)
+
+
+@renderer("followup", "followup.json")
+def _followup(data: dict) -> str:
+    """Follow-up F1 per multi-turn design and budget, with its 95% interval."""
+    summary, budgets = data["summary"], data["budgets"]
+
+    def cell(label):
+        row = summary.get(label)
+        if row is None:
+            return "-"
+        lo, hi = row["f1_ci"]["all"]
+        return f"{row['f1']['all']:.3f} [{lo:.2f}, {hi:.2f}]"
+
+    designs = list(dict.fromkeys(k.split("@")[0] for k in summary if "@" in k))
+    rows = [[d] + [cell(f"{d}@{b:g}") for b in budgets] for d in designs]
+    rows.append(["full cache"] + [cell("full")] * len(budgets))
+    return f"Policy `{data['policy']}`, {data['chats']} two-turn chats, turn-2 F1 (95% interval):\n\n" + table(
+        ["design"] + [f"{b:g}" for b in budgets], rows
+    )
+
+
+@renderer("hit-rate", "accuracy_hit_rate.json")
+def _hit_rate(data: dict) -> str:
+    """Per policy: top-k hit rate per layer (mean over decoded tokens), over all and content tokens."""
+    rows = []
+    for label, r in sorted(data["results"].items(), key=lambda kv: -kv[1]["hit_rate_all"]):
+        layers = [
+            statistics.fmean(t[layer] for t in r["hit_rate"] if not _nan(t[layer]))
+            for layer in range(len(r["hit_rate"][0]))
+        ]
+        rows.append([label, " ".join(f"{x:.2f}" for x in layers), f"{r['hit_rate_all']:.3f}",
+                     f"{r['hit_rate_content']:.3f}", f"{r['mass_content']:.3f}"])  # fmt: skip
+    n = next(iter(data["results"].values()))["questions"]
+    header = ["policy @ budget", "hit rate per layer", "all decoded tokens", "content tokens", "mass covered (content)"]
+    return f"{n} readout questions (2 and 4 images), every decoded token:\n\n" + table(header, rows)
+
+
 # --- markers ----------------------------------------------------------------------------------------------
 
 # A marker quoted in inline code (`<!-- results:NAME -->`, as in this sentence) is prose, not a marker.

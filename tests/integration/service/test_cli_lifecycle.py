@@ -80,7 +80,7 @@ def test_start_is_short_and_ctrl_c_stops_cleanly_with_a_request_in_flight(tmp_pa
         log_path = re.search(r"its log: (\S+)", "\n".join(before)).group(1)
         engine_port = int(re.search(r"on http://127\.0\.0\.1:(\d+);", "\n".join(before)).group(1))
 
-        # The request the banner prints (the example grid, "What colour is the star?", vlcache @ 0.1).
+        # The request the banner prints (the example grid, EXAMPLE_QUESTION "List the red shapes.", vlcache @ 0.1).
         resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=example_body("default"), timeout=120)
         assert resp.status_code == 200, resp.text
         answer = resp.json()["choices"][0]["message"]["content"].strip()
