@@ -123,9 +123,10 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 3.8), squeeze=False)
         for ax, r in zip(axes[0], rows, strict=True):
             cmap = plt.get_cmap("viridis")
-            tokens = [t for t, n in enumerate(r["answers_reaching_token"]) if n >= 3]
+            # a token position reached by fewer than 3 answers is noise (fewer questions: all of them)
+            tokens = [t for t, n in enumerate(r["answers_reaching_token"]) if n >= min(3, r["questions"])]
+            layers = range(len(r["hit_rate"][0]))
             for t in tokens:
-                layers = range(len(r["hit_rate"][t]))
                 ax.plot(layers, r["hit_rate"][t], marker=".", color=cmap(t / max(1, len(tokens))),
                         label=f"token {t + 1}")  # fmt: skip
             ax.set(xlabel="layer", ylabel="top-k hit rate", ylim=(0, 1.02), xticks=list(layers),

@@ -88,7 +88,7 @@ def test_accuracy_study_smoke(vlcache_server, tiny_model_dir, tmp_path):
                          ("blank_images", 1.0)}  # fmt: skip
     assert runs[("vlcache_blend0.5", 0.1)]["options"] == {"layer_budget_blend": 0.5}
     for (_, budget), r in runs.items():
-        assert len(r["answers"]) == payload["questions"] == 12  # one per form and prompt-length setting
+        assert len(r["answers"]) == payload["questions"] == 6  # per form and default setting
         assert {"form:sentence", "form:readout", "form:caption"} <= set(r["metrics"])
         for m in r["metrics"].values():  # every figure carries its interval
             assert m["exact_ci"][0] <= m["exact"] <= m["exact_ci"][1] and m["f1_ci"][0] <= m["f1"] <= m["f1_ci"][1]
