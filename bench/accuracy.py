@@ -36,18 +36,16 @@ import httpx
 from tqdm import tqdm
 
 from bench.harness import RESULTS, png_data_url, sigterm_raises_exit
-from bench.intervals import bootstrap_mean, wilson
+from bench.intervals import bootstrap_mean, error_bars, wilson
 from radix_ext.policy import available_policies
 from vlmodels.grid_vqa.eval_sets import SETTINGS, eval_samples
-from vlmodels.grid_vqa.scoring import exact_match, token_f1
+from vlmodels.grid_vqa.scoring import HEADLINE_METRIC, exact_match, token_f1
 from vlmodels.grid_vqa.spec import committed_model_dir
 from vlmodels.grid_vqa.task import FORM, FORMS
 
 BUDGETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0)
 BLENDS = (0.25, 0.5, 0.75)  # 0 is vlcache_uniform, 1 is vlcache
 MAX_NEW_TOKENS = 32  # the longest answer (a caption of 6 objects) is 21 tokens
-# The headline metric per form: a sentence has one content word to get right, readout and caption many.
-HEADLINE = {"sentence": "exact", "readout": "f1", "caption": "f1"}
 CONTROL_POLICY, CONTROL_BUDGET, CONTROL_MAX_RATIO = "random", 0.05, 0.7
 
 
@@ -182,7 +180,7 @@ def print_tables(records, budgets) -> str:
     cols = [b for b in budgets if b < 1.0]
     lines = []
     for form in FORMS:
-        key, metric = f"form:{form}", HEADLINE[form]
+        key, metric = f"form:{form}", HEADLINE_METRIC[form]
         if key not in full["metrics"]:
             continue
         n = full["metrics"][key]["n"]
@@ -204,7 +202,7 @@ def print_tables(records, budgets) -> str:
         lines += [head, "-" * len(head)]
         for label in labels:
             r = grid[(label, b)]
-            cells = [r["metrics"][f"form:{f}"][HEADLINE[f]] / max(full["metrics"][f"form:{f}"][HEADLINE[f]], 1e-9)
+            cells = [r["metrics"][f"form:{f}"][HEADLINE_METRIC[f]] / max(full["metrics"][f"form:{f}"][HEADLINE_METRIC[f]], 1e-9)
                      for f in FORMS if f"form:{f}" in full["metrics"]]  # fmt: skip
             lines.append(f"{label:<20}" + "".join(f"{c:>12.3f}" for c in cells))
         lines.append("")
@@ -216,12 +214,14 @@ def print_tables(records, budgets) -> str:
         ]
         for label in ["full"] + labels:
             r = full if label == "full" else grid[(label, 0.1)]
-            lines.append(f"{label:<20}" + "".join(f"{r['metrics'][k][HEADLINE[k.split(':')[1]]]:>22.3f}" for k in lens))
+            lines.append(
+                f"{label:<20}" + "".join(f"{r['metrics'][k][HEADLINE_METRIC[k.split(':')[1]]]:>22.3f}" for k in lens)
+            )
         lines.append("")
     blank = next((r for r in records if r["label"] == "blank_images"), None)
     if blank:
         lines.append("blank-image control (full cache): " + ", ".join(
-            f"{f} {HEADLINE[f]} {_cell(blank['metrics'][f'form:{f}'], HEADLINE[f])}" for f in FORMS
+            f"{f} {HEADLINE_METRIC[f]} {_cell(blank['metrics'][f'form:{f}'], HEADLINE_METRIC[f])}" for f in FORMS
             if f"form:{f}" in blank["metrics"]))  # fmt: skip
     for form, v in control_verdict(records).items():
         lines.append(f"random control @ {CONTROL_BUDGET:g}, {form}: F1 {v['ratio']:.3f} of full -> "
@@ -243,14 +243,12 @@ def plot(records, budgets, path: Path) -> None:
     forms = [f for f in FORMS if f"form:{f}" in full["metrics"]]
     fig, axes = plt.subplots(1, len(forms), figsize=(5 * len(forms), 4.4), sharey=True)
     for ax, form in zip(axes, forms, strict=True):
-        key, metric = f"form:{form}", HEADLINE[form]
+        key, metric = f"form:{form}", HEADLINE_METRIC[form]
         for j, label in enumerate(labels):
             xs = [b for b in budgets if b < 1.0] + [1.0]
             ms = [grid[(label, b)]["metrics"][key] for b in xs[:-1]] + [full["metrics"][key]]
             ys = [m[metric] for m in ms]
-            # max(0, .): an interval bound rounds to a hair inside its point at 0 and 1
-            err = [[max(0.0, y - m[f"{metric}_ci"][0]) for y, m in zip(ys, ms, strict=True)],
-                   [max(0.0, m[f"{metric}_ci"][1] - y) for y, m in zip(ys, ms, strict=True)]]  # fmt: skip
+            err = error_bars(ys, [m[f"{metric}_ci"] for m in ms])
             shift = [x * (1 + 0.015 * (j - len(labels) / 2)) for x in xs]  # spread the bars apart
             style = ":" if label.startswith("vlcache_blend") else "-"
             width = 2.5 if label == "vlcache" else 1.1

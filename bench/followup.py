@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from bench.accuracy import MAX_NEW_TOKENS, Asker, reference_answer
 from bench.harness import RESULTS, flush, sigterm_raises_exit
-from bench.intervals import bootstrap_mean, wilson
+from bench.intervals import bootstrap_mean, error_bars, wilson
 from radix_ext.reference.engine import generate, generate_from_inputs
 from vlmodels.grid_vqa.eval_sets import follow_up_samples
 from vlmodels.grid_vqa.scoring import exact_match, token_f1
@@ -148,8 +148,7 @@ def plot(summary: dict, budgets, path: Path) -> None:
         if xs:
             rows = [summary[f"{design}@{b:g}"] for b in xs]
             ys = [r["f1"]["all"] for r in rows]
-            err = [[y - r["f1_ci"]["all"][0] for y, r in zip(ys, rows, strict=True)],
-                   [r["f1_ci"]["all"][1] - y for y, r in zip(ys, rows, strict=True)]]  # fmt: skip
+            err = error_bars(ys, [r["f1_ci"]["all"] for r in rows])
             ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=2, label=design)
     ax.axhline(summary["full"]["f1"]["all"], color="k", lw=1, ls="--", label="full cache")
     ax.set(xscale="log", xlabel="KV budget", ylabel="follow-up F1 (95% interval)",

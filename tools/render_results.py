@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmodels.grid_vqa.scoring import HEADLINE_METRIC
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 # The markdown files searched for markers (relative to the repository root).
@@ -239,14 +241,13 @@ def _multiturn(data: dict) -> str:
 @renderer("accuracy", "accuracy.json")
 def _accuracy(data: dict) -> str:
     """Per form, the headline metric of every policy at every budget, with its 95% interval."""
-    headline = {"sentence": "exact", "readout": "f1", "caption": "f1"}
     runs = {(r["label"], r["budget"]): r for r in data["runs"]}
     full = runs[("full", 1.0)]
     budgets = [b for b in data["budgets"] if b < 1.0]
     labels = list(dict.fromkeys(r["label"] for r in data["runs"] if r["label"] not in ("full", "blank_images")))
     blank = runs.get(("blank_images", 1.0))
     parts = []
-    for form, metric in headline.items():
+    for form, metric in HEADLINE_METRIC.items():
         key = f"form:{form}"
 
         def cell(run, key=key, metric=metric):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from vlmodels.grid_vqa.task import FORM, FORMS, QUESTION_TYPES, Sample, follow_up_questions, make_sample
+from vlmodels.grid_vqa.task import FORM, FORMS, ONE_REGION, QUESTION_TYPES, Sample, follow_up_questions, make_sample
 
 EVAL_SEED = 20_000  # training draws seeds near seed * 1_000_003; the held-out sets stay far away
 
@@ -54,7 +54,7 @@ def follow_up_samples(per_setting: int, settings=SETTINGS[:2], seed: int = EVAL_
     (every red object, or every object), which the sample asks and scores."""
     out = []
     for s in eval_samples(per_setting, settings, seed, forms=("sentence",)):
-        if FORM[s.qtype] != "sentence" or s.qtype not in ("colour", "shape"):
+        if s.qtype not in ONE_REGION:
             continue
         later = [f for f in follow_up_questions(s, seed, 8) if FORM[f[0]] != "sentence"]
         if not later:

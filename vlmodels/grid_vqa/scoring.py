@@ -9,6 +9,10 @@ from collections import Counter
 
 from vlmodels.grid_vqa.task import answer_units
 
+# The figure a study reports per form: a sentence has one content word to get right (exact match), a
+# readout or caption many (F1 gives credit for each).
+HEADLINE_METRIC = {"sentence": "exact", "readout": "f1", "caption": "f1"}
+
 
 def exact_match(prediction: str, answer: str, question: str = "") -> bool:
     """The answer units agree, in order (the sentence frame and punctuation are not scored)."""

@@ -139,6 +139,12 @@ def _canonical(objects: list[GridObject]) -> list[GridObject]:
     return sorted(objects, key=lambda o: (SHAPES.index(o.shape), list(COLOURS).index(o.colour), o.image, o.row, o.col))
 
 
+def _images_of_distinct_cells(rng: random.Random, k: int, cells: int, num_images: int) -> list[int]:
+    """The image of each of `k` distinct cells drawn from all images' cells: however many objects an
+    image is given this way, each still has a free cell (`k <= cells * num_images`)."""
+    return [i // cells for i in rng.sample(range(cells * num_images), k)]
+
+
 def derive_answer(qtype: str, target: str, objects: list[GridObject]) -> str:
     """The answer sentence from the objects alone (the generator's contract; tests re-derive it)."""
     if qtype == "colour":
@@ -186,7 +192,7 @@ def make_sample(
         target = ""
         k = min(rng.randint(*CAPTION_RANGE), rows * cols * num_images)
         placed = rng.sample([(sh, c) for sh in shapes for c in colours], k)
-        where = [i // (rows * cols) for i in rng.sample(range(rows * cols * num_images), k)]  # a free cell each
+        where = _images_of_distinct_cells(rng, k, rows * cols, num_images)
         others, objects_per_image = [], (0, 0)
     elif qtype in ("colour", "which"):
         target = rng.choice(TARGET_SHAPES)
@@ -202,12 +208,12 @@ def make_sample(
         target = rng.choice(TARGET_COLOURS)
         k = min(rng.randint(*LIST_RANGE), rows * cols * num_images)
         placed = [(shape, target) for shape in rng.sample(shapes, k)]
-        where = [i // (rows * cols) for i in rng.sample(range(rows * cols * num_images), k)]
+        where = _images_of_distinct_cells(rng, k, rows * cols, num_images)
         others = [(s, c) for s in shapes for c in colours if c != target]
     else:  # count
         target = rng.choice(TARGET_COLOURS)
         n = min(rng.randint(0, MAX_COUNT), rows * cols * num_images)
-        where = [i // (rows * cols) for i in rng.sample(range(rows * cols * num_images), n)]
+        where = _images_of_distinct_cells(rng, n, rows * cols, num_images)
         for _ in range(n):
             placed.append((rng.choice(shapes), target))
         others = [(s, c) for s in shapes for c in colours if c != target]
