@@ -27,9 +27,9 @@ logger = logging.getLogger(__name__)
 class Backend(Protocol):
     """What the gateway needs from a generation backend (SGLangBackend, or a fake in unit tests)."""
 
-    async def generate(self, payload: dict) -> dict: ...
+    async def generate(self, payload: dict, headers: dict | None = None) -> dict: ...
 
-    def generate_stream(self, payload: dict) -> AsyncIterator[dict]: ...
+    def generate_stream(self, payload: dict, headers: dict | None = None) -> AsyncIterator[dict]: ...
 
     async def abort(self, rid: str) -> None: ...
 
@@ -83,10 +83,11 @@ class SGLangBackend:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def generate(self, payload: dict) -> dict:
-        """Non-streaming `/generate`: the final `{text, output_ids, meta_info}`."""
+    async def generate(self, payload: dict, headers: dict | None = None) -> dict:
+        """Non-streaming `/generate`: the final `{text, output_ids, meta_info}`. `headers` go with the
+        request (a router's routing key)."""
         try:
-            response = await self._client.post("/generate", json={**payload, "stream": False})
+            response = await self._client.post("/generate", json={**payload, "stream": False}, headers=headers)
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from None
         body = _json_or_text(response)
@@ -96,14 +97,15 @@ class SGLangBackend:
             raise BackendError("SGLang returned an unexpected body", code="backend_error")
         return body
 
-    async def generate_stream(self, payload: dict) -> AsyncIterator[dict]:
+    async def generate_stream(self, payload: dict, headers: dict | None = None) -> AsyncIterator[dict]:
         """Streaming `/generate`: yields each SSE chunk (`{text, output_ids, meta_info}`), cumulative.
 
         Closing the iterator early closes the HTTP stream; the caller also calls `abort(rid)` so that
         SGLang frees the request's KV at once rather than at its next output.
         """
         try:
-            async with self._client.stream("POST", "/generate", json={**payload, "stream": True}) as response:
+            stream = self._client.stream("POST", "/generate", json={**payload, "stream": True}, headers=headers)
+            async with stream as response:
                 if response.status_code != 200:
                     await response.aread()
                     raise error_from_backend(response.status_code, _error_message(_json_or_text(response)))

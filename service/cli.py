@@ -75,6 +75,7 @@ def parse_args(argv: list[str] | None) -> tuple[dict, list[str]]:
     parser = argparse.ArgumentParser(prog="vlcache-serve", description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--backend-url", help="attach to this SGLang server instead of starting one (VLCACHE_BACKEND_URL)")
+    add("--routing-key-header", help="behind a router: send each chat's routing key in this header")
     add("--model", help="model folder for the started SGLang (default: the embedded grid-VQA model)")
     add("--tokenizer-path", help="where to load the chat template (default: the path SGLang reports)")
     add("--served-model-name", help="the model id clients send (default: the model folder's name)")

@@ -39,6 +39,10 @@ class GatewaySettings(BaseSettings):
     # --- the SGLang backend --------------------------------------------------------------------
     # Set: attach to this SGLang server. Unset: the CLI starts one on loopback (`sglang_port`).
     backend_url: str | None = None
+    # Set when `backend_url` is a router in front of several workers (SMG with `--sticky-sessions`):
+    # each generation carries its chat's routing key in this header (service/routing_key.py), so
+    # every turn of a chat lands on the worker that holds its prefix KV.
+    routing_key_header: str | None = None
     # Model folder served by a started SGLang child (default: the embedded grid-VQA model, models/grid-vqa).
     model: str | None = None
     # Where the gateway loads the chat template from. Default: the model path SGLang reports on

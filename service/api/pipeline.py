@@ -4,7 +4,7 @@ Order of work: the route reads the request and does its cheap refusals (model, V
 media counts: `service.conversation` plans the prompt and lists the media) -> admission slot (429 when
 full) -> disconnect watcher -> the media in one pass (`MediaIntake.prepare`: limits, bytes, decode,
 visual tokens) -> prompt rendered with the model's chat template -> SGLang `/generate` body
-(`service.sglang_request`) -> SGLang, plain or streaming -> for a plain answer, its finish reason and
+(`service.sglang_request`; behind a router, the chat's routing key in a header: `service.routing_key`) -> SGLang, plain or streaming -> for a plain answer, its finish reason and
 usage (`service.api.completion`). The slot is held until the answer is complete (for a stream: until
 the stream ends); if the client leaves first, the SGLang request is aborted (`/abort_request`), so its
 KV is freed at once.
@@ -25,6 +25,7 @@ from service.api.events import EventPump
 from service.conversation import ConversationPlan
 from service.disconnect import ClientGone, DisconnectWatcher, ServerStopping
 from service.errors import Overloaded
+from service.routing_key import routing_key
 from service.schemas import Usage
 from service.sglang_request import SamplingOptions, generate_payload
 from service.state import GatewayState
@@ -113,10 +114,13 @@ class GenerationRun:
         # Rendering is pure CPU (jinja) but fast; a thread keeps long conversations off the loop.
         prompt = await anyio.to_thread.run_sync(gw.template.render, plan.template_messages)
         payload = generate_payload(sampling, vl_cache, media, prompt, self.rid)
+        headers = None
+        if gw.settings.routing_key_header:  # a router in front of several workers: pin the chat to one
+            headers = {gw.settings.routing_key_header: routing_key(gw.model_name, media, plan.template_messages)}
         self.clock.sent_to_backend = time.perf_counter()
         if not stream:
-            return await gw.backend.generate(payload)
-        pump = EventPump(gw.backend.generate_stream(payload))
+            return await gw.backend.generate(payload, headers)
+        pump = EventPump(gw.backend.generate_stream(payload, headers))
         try:
             return StreamStart(pump, await pump.next())
         except BaseException:  # refused, or cancelled because the client left: the pump ends here

@@ -28,6 +28,7 @@ class FakeBackend:
         self.pieces = list(pieces)
         self.meta_extra = dict(meta_extra or {})
         self.payloads: list[dict] = []
+        self.headers: list[dict | None] = []  # the headers each generation was sent with
         self.aborted: list[str] = []
         self.error: APIError | None = None  # raised before any output
         self.error_after: int | None = None  # raised after this many stream events
@@ -51,16 +52,18 @@ class FakeBackend:
         while self.gate is not None and not self.gate.is_set():
             await asyncio.sleep(0.01)
 
-    async def generate(self, payload: dict) -> dict:
+    async def generate(self, payload: dict, headers: dict | None = None) -> dict:
         self.payloads.append(payload)
+        self.headers.append(headers)
         if self.error:
             raise self.error
         await self._wait_gate()
         return {"text": "".join(self.pieces), "output_ids": list(range(len(self.pieces))),
                 "meta_info": self._meta(len(self.pieces), True)}  # fmt: skip
 
-    async def generate_stream(self, payload: dict):
+    async def generate_stream(self, payload: dict, headers: dict | None = None):
         self.payloads.append(payload)
+        self.headers.append(headers)
         if self.error:
             raise self.error
         await self._wait_gate()
