@@ -22,7 +22,7 @@ serve:  ## install if needed (its output in .cache/install.log), then serve the 
 	@$(PY) -m service.cli $(SERVE_ARGS)
 
 .PHONY: serve-router loadtest deploy-check
-serve-router: install  ## 2 CPU SGLang workers + SGLang's router (round_robin) + the gateway on http://127.0.0.1:8000
+serve-router: install  ## 2 CPU SGLang workers + SMG (sticky chats, else round_robin) + the gateway on http://127.0.0.1:8000
 	@$(PY) -m service.router_launch --workers 2 --port 8000
 
 loadtest: install  ## a bounded headless Locust run against a locally started service: CSV, HTML, PNG in loadtest/results/
@@ -59,7 +59,12 @@ bench-overhead: install  ## prefill: stock vs plugin full vs vlcache scoring, 4k
 bench-throughput: install  ## open-loop load on a memory-bound server through the gateway: stock vs budget 0.1 (~5 min)
 	@$(PY) -m bench.throughput
 
-.PHONY: bench-multiturn bench-followup
+.PHONY: bench-multiturn bench-followup bench-sessions
+bench-sessions: install  ## 32 image chats sharing one small KV pool: stock vs plugin full / reuse lazy / compressed, with think times and saturated (~25 min)
+	@$(PY) -m bench.sessions
+	@$(PY) -m bench.sessions --think-mean 0 --arrival-rate 8 --name sessions_saturated
+	@$(PY) -m bench.sessions --think-mean 0 --arrival-rate 8 --schedule-policy lpm --name sessions_saturated_lpm
+
 bench-multiturn: install  ## 3-turn chats (images, video): stock vs plugin full / reuse lazy, compressed, off; memory pressure (~15 min)
 	@$(PY) -m bench.multiturn
 

@@ -150,6 +150,7 @@ class Timed:
     sent: float
     stamps: list[tuple[float, int]] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    text: str = ""  # the output so far (SGLang streams it cumulatively by default)
 
     @property
     def ttft_s(self) -> float:
@@ -164,7 +165,8 @@ class Timed:
         return self.stamps[-1][1]
 
 
-async def _stream(client: httpx.AsyncClient, url: str, body: dict) -> Timed:
+async def stream_generate(client: httpx.AsyncClient, url: str, body: dict) -> Timed:
+    """One streamed `/generate`: each chunk stamped on arrival."""
     timed = Timed(sent=time.perf_counter())
     async with client.stream("POST", f"{url}/generate", json={**body, "stream": True}) as resp:
         if resp.status_code != 200:
@@ -177,6 +179,7 @@ async def _stream(client: httpx.AsyncClient, url: str, body: dict) -> Timed:
             meta = chunk.get("meta_info", {})
             timed.stamps.append((now, int(meta.get("completion_tokens", len(timed.stamps) + 1))))
             timed.meta = meta
+            timed.text = chunk.get("text") or timed.text
     if not timed.stamps:
         raise RuntimeError(f"{url}/generate streamed nothing")
     return timed
@@ -187,7 +190,7 @@ def run_batch(url: str, bodies: list[dict], timeout_s: float = 3600) -> list[Tim
 
     async def go():
         async with httpx.AsyncClient(timeout=timeout_s) as client:
-            return await asyncio.gather(*(_stream(client, url, b) for b in bodies))
+            return await asyncio.gather(*(stream_generate(client, url, b) for b in bodies))
 
     return asyncio.run(go())
 

@@ -187,6 +187,51 @@ def _throughput(data: dict) -> str:
     return settings + "\n\n" + table(header, rows) + "\n\n" + summary
 
 
+def _sessions(data: dict) -> str:
+    """Per side: turns/s, follow-up TTFT, TTFT by turn, follow-up hits, tokens prefilled, chats resident."""
+    a, stock = data["args"], data["rows"][0]
+    turns = sorted({int(n) for r in data["rows"] for n in r["by_turn"]})
+    rows = [
+        [r["side"] if r["side"] in ("stock", "full") else f"{r['side']} (vlcache {a['budget']:g})",
+         f"{r['completed']} / {r['failed']}", f"{r['turns_per_s']:.2f} ({ratio(r['turns_per_s'] / stock['turns_per_s'])})",
+         f"{r['followup_ttft_p50_s']:.2f} ({r['followup_ttft_p50_s'] / stock['followup_ttft_p50_s']:.2f})",
+         f"{r['followup_ttft_p99_s']:.2f}",
+         " / ".join(f"{r['by_turn'][str(n)]['ttft_p50_s']:.2f}" for n in turns),
+         f"{r['followup_hits']} / {r['followups']}", f"{tokens(r['prefilled_tokens'])} of {tokens(r['prompt_tokens'])}",
+         str(r["peak_resident_chats"])]
+        for r in data["rows"]
+    ]  # fmt: skip
+    header = ["side", "turns ok / failed", "turns/s (x stock)", "follow-up TTFT p50 s (/ stock)", "p99 s",
+              f"TTFT p50 s, turn {' / '.join(map(str, turns))}", "follow-ups with images cached",
+              "prompt tokens prefilled", "peak chats resident"]  # fmt: skip
+    think = f"think times exponential, mean {a['think_mean']:g} s" if a["think_mean"] else "no think time"
+    settings = (
+        f"Setting: {a['users']} chats of 3-5 turns, 1 or 2 images of {a['image_side']}x{a['image_side']} "
+        f"({data['visual_tokens_per_image']} visual tokens each), starting at {a['arrival_rate']:g}/s (Poisson, seed "
+        f"{a['seed']}), {think}, {a['max_new_tokens']} output tokens a turn; one server, a KV pool of "
+        f"{tokens(data['pool_tokens'])} tokens (the full KV of {a['pool_chats']:g} chats at their last turn); "
+        f"SGLang `--schedule-policy {a.get('schedule_policy', 'fcfs')}`. The schedule allows at most "
+        f"{data['ceiling_turns_per_s']:.2f} turns/s."
+    )
+    return settings + "\n\n" + table(header, rows)
+
+
+for _name, _source in (("sessions", "sessions.json"), ("sessions-saturated", "sessions_saturated.json"),
+                       ("sessions-saturated-lpm", "sessions_saturated_lpm.json")):  # fmt: skip
+    renderer(_name, _source)(_sessions)
+
+
+@renderer("sessions-headline", "sessions.json")
+def _sessions_headline(data: dict) -> str:
+    """Inline: compressed vs stock follow-up TTFT and turns/s (the README's status line)."""
+    c = data["ratios"]["compressed"]
+    rows = {r["side"]: r for r in data["rows"]}
+    return (
+        f"follow-up TTFT p50 {rows['compressed']['followup_ttft_p50_s']:.2f} s vs {rows['stock']['followup_ttft_p50_s']:.2f} s "
+        f"({c['followup_ttft_p50']:.2f} of stock's), {ratio(c['turns_per_s'])} the turns per second"
+    )
+
+
 def _multiturn_designs(budget: float) -> dict[str, str]:
     """The designs of bench/multiturn.py, in its order, with their column labels."""
     b = f"{budget:g}"

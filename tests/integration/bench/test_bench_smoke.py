@@ -121,3 +121,17 @@ def test_followup_study_smoke(vlcache_server, tiny_model_dir, tmp_path):
     for design in ("lazy@0.1", "compressed@0.1"):
         assert summary[design]["mean_cached_tokens"] > 100  # the images, at least, came from the tree
     assert (tmp_path / "followup.png").stat().st_size > 0
+
+
+def test_sessions_benchmark_smoke(attach, tmp_path):
+    """Every side runs every turn of the schedule; on pools far larger than 3 chats, every follow-up of
+    every side finds its images in the tree."""
+    args = ["--users", "3", "--pool-chats", "3", "--image-side", "224", "--max-new-tokens", "4",
+            "--think-mean", "0.1", "--arrival-rate", "20", "--name", "smoke"]  # fmt: skip
+    proc = _run("bench.sessions", attach + args, tmp_path)
+    payload = json.loads((tmp_path / "smoke.json").read_text())
+    assert [r["side"] for r in payload["rows"]] == ["stock", "full", "lazy", "compressed"]
+    for r in payload["rows"]:
+        assert r["failed"] == 0 and r["completed"] == sum(1 for t in r["turns"]), proc.stdout[-2000:]
+        assert r["followups"] == r["completed"] - 3 and r["followup_hits"] == r["followups"], r["side"]
+    assert "compressed / stock" in proc.stdout and (tmp_path / "smoke.png").stat().st_size > 0
