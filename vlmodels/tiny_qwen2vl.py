@@ -106,7 +106,18 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def _train_tokenizer(spec: TinyQwen2VLSpec, training_text=TRAINING_TEXT):
+def train_tokenizer(
+    vocab_size: int,
+    context_length: int,
+    training_text=TRAINING_TEXT,
+    special_tokens=SPECIAL_TOKENS,
+    chat_template: str = CHAT_TEMPLATE,
+    eos_token: str = "<|im_end|>",
+    pad_token: str = "<|endoftext|>",
+    **named_tokens,
+):
+    """A byte-level BPE of `vocab_size` ids trained on `training_text`, `special_tokens` appended last
+    (the one tokenizer recipe of every tiny model: vlmodels/families/ passes each family's tokens)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -114,19 +125,20 @@ def _train_tokenizer(spec: TinyQwen2VLSpec, training_text=TRAINING_TEXT):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=spec.vocab_size - len(SPECIAL_TOKENS),
+        vocab_size=vocab_size - len(special_tokens),
         special_tokens=[],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(training_text, trainer=trainer)
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.add_special_tokens(list(special_tokens))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=spec.context_length,
+        eos_token=eos_token,
+        pad_token=pad_token,
+        chat_template=chat_template,
+        model_max_length=context_length,
+        **named_tokens,
     )
 
 
@@ -212,7 +224,7 @@ def new_qwen2vl(spec: TinyQwen2VLSpec, training_text=TRAINING_TEXT):
         Qwen2VLVideoProcessor,
     )
 
-    tokenizer = _train_tokenizer(spec, training_text)
+    tokenizer = train_tokenizer(spec.vocab_size, spec.context_length, training_text)
     config, _, _ = _config(spec, tokenizer)
     torch.manual_seed(spec.seed)
     model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
@@ -233,31 +245,45 @@ def new_qwen2vl(spec: TinyQwen2VLSpec, training_text=TRAINING_TEXT):
 def save_qwen2vl(model, processor, out_dir: str | Path, spec: TinyQwen2VLSpec, stamp: dict | None = None) -> Path:
     """Save `model` + `processor` with SGLang's config keys into `out_dir` (atomically replaced);
     `stamp` (default: the spec) goes to vlcache_spec.json."""
-    out_dir = Path(out_dir)
     _, text, rope = _config(spec, processor.tokenizer)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-qwen2vl-", dir=out_dir.parent if out_dir.parent.exists() else None))
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        processor.save_pretrained(folder)
+        _patch_config_for_sglang(folder / "config.json", text, rope)
+
+    return write_model_folder(out_dir, write, stamp or asdict(spec))
+
+
+def write_model_folder(out_dir: str | Path, write, stamp: dict) -> Path:
+    """`write(folder)` into a temporary folder, `stamp` to its vlcache_spec.json, then the folder replaces
+    `out_dir` at once (a half-written model is never seen under `out_dir`)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         tmp.chmod(0o755)
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        _patch_config_for_sglang(tmp / "config.json", text, rope)
-        (tmp / "vlcache_spec.json").write_text(json.dumps(stamp or asdict(spec), indent=2, sort_keys=True) + "\n")
+        write(tmp)
+        (tmp / "vlcache_spec.json").write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
+def is_built(out_dir: Path, stamp: dict) -> bool:
+    """True when `out_dir` holds a model built from `stamp`."""
+    file = out_dir / "vlcache_spec.json"
+    return file.exists() and json.loads(file.read_text()) == stamp and (out_dir / "config.json").exists()
+
+
 def ensure_tiny_qwen2vl(out_dir: str | Path | None = None, spec: TinyQwen2VLSpec = TinyQwen2VLSpec()) -> Path:
     """Return the model folder, building it first if it is missing or was built from another spec."""
     out_dir = Path(out_dir) if out_dir else default_cache_dir()
-    stamp = out_dir / "vlcache_spec.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == asdict(spec) and (out_dir / "config.json").exists():
+    if is_built(out_dir, asdict(spec)):
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     print(f"[vlcache] building the tiny Qwen2-VL (seed {spec.seed}) into {out_dir} ...", flush=True)
     return build_tiny_qwen2vl(out_dir, spec)
 

@@ -1,0 +1,34 @@
+"""Tiny offline builds of the VLM families SGLang serves: one builder per family, one registry.
+
+Every build is random (seeded) and deterministic, downloads nothing, and lands in the project cache
+(`.cache/models/<family>/`) on first use: `ensure_family("qwen2_5_vl")`. `FAMILIES` is the test
+matrix's source (tests/integration/families/): each entry names the SGLang entry class that serves it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlmodels.families.base import Family, FamilySpec
+from vlmodels.families.qwen import QWEN2_5_VL, QWEN3_VL
+from vlmodels.tiny_qwen2vl import default_cache_dir, is_built
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL)}
+DEFAULT_SPEC = FamilySpec()
+
+
+def family_dir(name: str) -> Path:
+    return default_cache_dir().parent / f"tiny-{name.replace('_', '-')}"
+
+
+def ensure_family(name: str, out_dir: str | Path | None = None, spec: FamilySpec = DEFAULT_SPEC) -> Path:
+    """The family's model folder, built first if it is missing or was built from another spec."""
+    family = FAMILIES[name]
+    out = Path(out_dir) if out_dir else family_dir(name)
+    if is_built(out, family.stamp(spec)):
+        return out
+    print(f"[vlcache] building the tiny {family.title} (seed {spec.seed}) into {out} ...", flush=True)
+    return family.build(out, spec)
+
+
+__all__ = ["DEFAULT_SPEC", "FAMILIES", "Family", "FamilySpec", "ensure_family", "family_dir"]

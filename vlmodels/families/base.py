@@ -1,0 +1,59 @@
+"""What a family builder is: a name, the SGLang class that serves it, and `build(out_dir, spec)`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """The sizes every family shares (each builder maps them onto its own config classes)."""
+
+    seed: int = 0
+    vocab_size: int = 512
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    vision_depth: int = 2
+    vision_hidden_size: int = 64
+    vision_heads: int = 4
+    context_length: int = 8192
+    max_visual_tokens_per_image: int = 256
+    min_visual_tokens_per_image: int = 4
+    initializer_range: float = 0.1  # larger than 0.02 so random attention is not near-uniform
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One VLM family: `build(out_dir, spec)` writes a loadable model folder and returns it."""
+
+    name: str  # the registry key and cache folder: "qwen2_5_vl"
+    title: str  # "Qwen2.5-VL"
+    sglang_class: str  # SGLang's entry class that serves the build
+    hf_format: str  # what the folder is: "HF Qwen2_5_VLForConditionalGeneration"
+    build: Callable[[Path, FamilySpec], Path]
+    version: int = 1  # bumped when the builder's output changes for the same spec
+
+    def stamp(self, spec: FamilySpec) -> dict:
+        return {"family": self.name, "version": self.version, "spec": asdict(spec)}
+
+
+def patch_config(path: Path, **top_level) -> None:
+    """Set top-level keys of a saved config.json that SGLang 0.5.23 reads where transformers 5 no longer
+    writes them (it moved them under text_config)."""
+    cfg = json.loads(path.read_text())
+    cfg.update(top_level)
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
