@@ -1,0 +1,58 @@
+"""The tiny family builds: deterministic, offline, with the family's tokens and template, and the
+gateway's visual-token estimate (service/media/visual_tokens.py) equal to what each family's own
+processor makes of an image."""
+
+import hashlib
+
+import pytest
+from PIL import Image
+
+from service.media.visual_tokens import VisualTokenCost
+from vlmodels.families import FAMILIES, FamilySpec, ensure_family
+
+NAMES = list(FAMILIES)
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def family(request):
+    return request.param, ensure_family(request.param)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_gives_byte_identical_files(tmp_path, name):
+    build = FAMILIES[name].build
+    a, b = build(tmp_path / "a", FamilySpec()), build(tmp_path / "b", FamilySpec())
+    c = build(tmp_path / "c", FamilySpec(seed=1))
+    da, db, dc = _digests(a), _digests(b), _digests(c)
+    assert da == db and "model.safetensors" in da
+    assert da["model.safetensors"] != dc["model.safetensors"]
+
+
+def test_chat_template_marks_each_image(family):
+    from transformers import AutoProcessor
+
+    _, model_dir = family
+    processor = AutoProcessor.from_pretrained(model_dir)
+    content = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Hi"}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    assert prompt.count("<|vision_start|><|image_pad|><|vision_end|>") == 2
+    assert processor.tokenizer.unk_token_id not in processor.tokenizer(prompt)["input_ids"]
+
+
+@pytest.mark.parametrize("size", [(448, 448), (224, 336), (640, 480), (1000, 37), (29, 55), (2000, 1500)])
+def test_visual_token_estimate_equals_the_processor(family, size):
+    """The 413 bound counts what the family's processor really produces (Qwen3-VL: 32-px tokens)."""
+    from transformers import AutoConfig, AutoProcessor
+
+    _, model_dir = family
+    processor = AutoProcessor.from_pretrained(model_dir)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}], add_generation_prompt=True
+    )
+    ids = processor(text=[prompt], images=[Image.new("RGB", size)], return_tensors="pt")["input_ids"][0]
+    expected = int((ids == AutoConfig.from_pretrained(model_dir).image_token_id).sum())
+    assert VisualTokenCost.from_model_dir(model_dir).image(*size) == expected
