@@ -10,6 +10,11 @@ costing the scheduler its memory. The figures follow the model's own processing:
 - a video of `n` frames of `W x H` is resized by SGLang's Qwen-VL video loader (min `128 x 28 x 28`
   px per frame, max `768 x 28 x 28` and a total budget over the frames), then by the video
   processor's own bounds, and costs `(n / 2) x (H'/28) x (W'/28)` tokens (frames merge in pairs).
+
+Qwen2.5-VL resizes the same way; Qwen3-VL too with 16-px patches (`factor` 32), read from the folder's
+`patch_size` x `merge_size`. A processor that names an `image_seq_length` (Gemma 3) sees every image at
+one size and pools it to that many tokens: the cost of any image (a lower bound when it pans and scans,
+whose extra crops the engine's own context check still bounds).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class VisualTokenCost:
     image_max_pixels: int = DEFAULT_MAX_PIXELS
     video_min_pixels: int = DEFAULT_MIN_PIXELS
     video_max_pixels: int = DEFAULT_MAX_PIXELS
+    fixed_image_tokens: int | None = None  # every image costs this many (Gemma 3), whatever its size
 
     @classmethod
     def from_model_dir(cls, path: str | Path) -> VisualTokenCost:
@@ -72,12 +78,16 @@ class VisualTokenCost:
                 config = json.loads(file.read_text())
                 image = config.get("image_processor", config)
                 video = config.get("video_processor", image)
+                if config.get("image_seq_length"):
+                    return cls(fixed_image_tokens=int(config["image_seq_length"]))
                 factor = int(image.get("patch_size", 14)) * int(image.get("merge_size", 2))
                 (i_low, i_high), (v_low, v_high) = _bounds(image), _bounds(video)
                 return cls(factor, i_low, i_high, v_low, v_high)
         return cls()
 
     def image(self, width: int, height: int) -> int:
+        if self.fixed_image_tokens is not None:
+            return self.fixed_image_tokens
         h, w = smart_resize(height, width, self.factor, self.image_min_pixels, self.image_max_pixels)
         return (h // self.factor) * (w // self.factor)
 

@@ -45,6 +45,7 @@ class Family:
     sglang_class: str  # SGLang's entry class that serves the build
     hf_format: str  # what the folder is: "HF Qwen2_5_VLForConditionalGeneration"
     build: Callable[[Path, FamilySpec], Path]
+    image_marker: str = "<|vision_start|><|image_pad|><|vision_end|>"  # what the chat template writes per image
     version: int = 1  # bumped when the builder's output changes for the same spec
 
     def stamp(self, spec: FamilySpec) -> dict:
