@@ -14,7 +14,9 @@ costing the scheduler its memory. The figures follow the model's own processing:
 Qwen2.5-VL resizes the same way; Qwen3-VL too with 16-px patches (`factor` 32), read from the folder's
 `patch_size` x `merge_size`. A processor that names an `image_seq_length` (Gemma 3) sees every image at
 one size and pools it to that many tokens: the cost of any image (a lower bound when it pans and scans,
-whose extra crops the engine's own context check still bounds).
+whose extra crops the engine's own context check still bounds). A folder in the original LLaVA format
+(`mm_vision_tower` in config.json: SGLang's own anyres tiling decides the count) is not estimated: the
+gateway leaves the bound to the engine's own count (its context-length check).
 """
 
 from __future__ import annotations
@@ -68,10 +70,14 @@ class VisualTokenCost:
     video_min_pixels: int = DEFAULT_MIN_PIXELS
     video_max_pixels: int = DEFAULT_MAX_PIXELS
     fixed_image_tokens: int | None = None  # every image costs this many (Gemma 3), whatever its size
+    engine_counts: bool = False  # no estimate: the engine's own count bounds the request (original LLaVA)
 
     @classmethod
     def from_model_dir(cls, path: str | Path) -> VisualTokenCost:
         """From the model folder's `preprocessor_config.json` / `processor_config.json` (defaults if absent)."""
+        model_config = Path(path) / "config.json"
+        if model_config.is_file() and "mm_vision_tower" in json.loads(model_config.read_text()):
+            return cls(engine_counts=True)
         for name in ("processor_config.json", "preprocessor_config.json"):
             file = Path(path) / name
             if file.is_file():
@@ -101,7 +107,10 @@ class VisualTokenCost:
 
     def check(self, images, videos, max_tokens: int | None) -> int:
         """The visual tokens of a request's prepared media (`.width`, `.height`, and `.frames` for a
-        video); 413 `too_many_visual_tokens` over `max_tokens` (None: no bound)."""
+        video); 413 `too_many_visual_tokens` over `max_tokens` (None: no bound). 0, unbounded, when the
+        engine counts (`engine_counts`)."""
+        if self.engine_counts:
+            return 0
         costs = [self.image(i.width, i.height) for i in images]
         costs += [self.video(v.frames, v.width, v.height) for v in videos]
         total = sum(costs)
