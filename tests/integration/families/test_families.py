@@ -1,0 +1,60 @@
+"""Every VLM family of vlmodels/families/ on the real SGLang engine (CPU, float32): the plugin leaving a
+two-image prompt whole (`full`) is stock SGLang, token for token and logprob for logprob; `vlcache` at
+budget 0.1 finds the visual spans, keeps a budgeted number of tokens per layer and frees the rest."""
+
+import pytest
+
+from testkit import make_image
+from tests.integration.sglang.test_logprob_parity import UNCOMPRESSED_ATOL, generate_with_logprobs, max_abs_diff
+from tests.integration.sglang.test_vlcache_plugin import body, chat_prompt, pool_state, report_of
+
+IMAGES = [make_image((448, 448), (200, 30, 30)), make_image((224, 336), (20, 120, 200), 1)]
+MAX_NEW_TOKENS = 8
+BUDGET = 0.1
+
+# The test matrix: one entry per family (xfail entries say exactly why SGLang's CPU engine fails). Gemma 3 and
+# LLaVA-OneVision builds exist (vlmodels/families/) but have not run on the engine yet: not listed until they have.
+MATRIX = [
+    pytest.param("qwen2_5_vl", id="qwen2_5_vl"),
+    pytest.param("qwen3_vl", id="qwen3_vl"),
+]
+
+pytestmark = pytest.mark.parametrize("family_clients", MATRIX, indirect=True)
+
+
+def _prompt_and_visual_tokens(model_dir):
+    """The chat prompt of two images and a question, and how many visual tokens the family's own
+    processor expands them to (what SGLang's prompt must hold)."""
+    from transformers import AutoConfig, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    prompt = chat_prompt(processor, ["image", "image"])
+    ids = processor(text=[prompt], images=IMAGES, return_tensors="pt")["input_ids"][0]
+    return prompt, int((ids == AutoConfig.from_pretrained(model_dir).image_token_id).sum())
+
+
+def test_full_is_stock_sglang_in_tokens_and_logprobs(family_clients):
+    _, model_dir, stock_client, plugin_client = family_clients
+    prompt, _ = _prompt_and_visual_tokens(model_dir)
+    stock, stock_lp = generate_with_logprobs(stock_client, body(prompt, IMAGES, max_new_tokens=MAX_NEW_TOKENS))
+    ours, our_lp = generate_with_logprobs(plugin_client, body(prompt, IMAGES, {"policy": "full"}, MAX_NEW_TOKENS))
+    assert not report_of(ours)["compressed"]
+    assert ours["output_ids"] == stock["output_ids"] and len(stock["output_ids"]) == MAX_NEW_TOKENS
+    assert max_abs_diff(our_lp, stock_lp) <= UNCOMPRESSED_ATOL
+
+
+def test_vlcache_compresses_two_images(family_clients):
+    _, model_dir, _, plugin_client = family_clients
+    prompt, visual = _prompt_and_visual_tokens(model_dir)
+    assert plugin_client.post("/flush_cache").status_code == 200  # nothing cached: every prompt slot is owned
+    vl = {"policy": "vlcache", "budget": BUDGET, "reuse": "off"}
+    report = report_of(generate_with_logprobs(plugin_client, body(prompt, IMAGES, vl, MAX_NEW_TOKENS))[0])
+    layers = len(report["kept_tokens_per_layer"])
+    assert report["compressed"], report.get("reason")
+    assert report["visual_tokens"] == visual > 0  # the visual spans were found, all of them
+    assert layers >= 2 and all(0 < k < report["prompt_tokens"] for k in report["kept_tokens_per_layer"])
+    assert abs(report["realized_budget"] - BUDGET) <= 0.005
+    freed = [report["prompt_tokens"] - k for k in report["kept_tokens_per_layer"]]
+    assert report["freed_slots_per_layer"] == freed  # evicted slots went back to each layer's free list
+    state = pool_state(plugin_client)  # finished, reuse off: nothing held
+    assert state["logical_slots_used"] == 0 and not any(state["physical_slots_used_per_layer"])
