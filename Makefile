@@ -22,7 +22,7 @@ serve:  ## install if needed (its output in .cache/install.log), then serve the 
 	@$(PY) -m service.cli $(SERVE_ARGS)
 
 .PHONY: serve-router loadtest deploy-check
-serve-router: install  ## 2 CPU SGLang workers + SMG (sticky chats, else round_robin) + the gateway on http://127.0.0.1:8000
+serve-router: install  ## 2 CPU SGLang workers + SGLang's router (round_robin) + the gateway on http://127.0.0.1:8000
 	@$(PY) -m service.router_launch --workers 2 --port 8000
 
 loadtest: install  ## a bounded headless Locust run against a locally started service: CSV, HTML, PNG in loadtest/results/
