@@ -195,6 +195,12 @@ def run_batch(url: str, bodies: list[dict], timeout_s: float = 3600) -> list[Tim
     return asyncio.run(go())
 
 
+def percentile(xs, p: float) -> float:
+    """The nearest-rank `p` quantile of `xs` (NaN when empty): what the benchmarks call p50 / p99."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+
+
 def decode_step_s(batch: list[Timed]) -> float:
     """Seconds per decode step while the whole batch decodes (see the module docstring)."""
     start = max(t.stamps[0][0] for t in batch)

@@ -46,6 +46,7 @@ from bench.harness import (
     flush,
     generate_body,
     noise_image,
+    percentile,
     progress,
     run_batch,
     stream_generate,
@@ -186,11 +187,6 @@ def resident_curve(spans: list[tuple[float, float]]) -> list[tuple[float, int]]:
         now += delta
         curve.append((t, now))
     return curve
-
-
-def percentile(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
 
 
 def summarise(side: str, turns: list[dict], tokens_per_image: int) -> dict:

@@ -30,7 +30,16 @@ import zlib
 
 import httpx
 
-from bench.harness import RESULTS, Servers, add_attach_args, bench_server_config, noise_image, progress, write_json
+from bench.harness import (
+    RESULTS,
+    Servers,
+    add_attach_args,
+    bench_server_config,
+    noise_image,
+    percentile,
+    progress,
+    write_json,
+)
 from service.sglang_process import free_port
 from testkit import wait_until_ready
 from vlmodels.bench_qwen2vl import ensure_bench_qwen2vl
@@ -124,7 +133,6 @@ def summarise(side: str, results: list[dict], max_new_tokens: int) -> dict:
     span = max(r["done"] for r in ok) - min(r["sent"] for r in results) if ok else float("nan")
     ttft = sorted(r["first"] - r["sent"] for r in ok)
     lat = sorted(r["done"] - r["sent"] for r in ok)
-    pct = lambda xs, p: xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")  # noqa: E731
     return {
         "side": side,
         "completed": len(ok),
@@ -133,9 +141,9 @@ def summarise(side: str, results: list[dict], max_new_tokens: int) -> dict:
         "req_per_s": len(ok) / span,
         "output_tok_per_s": sum(r["chunks"] for r in ok) / span,
         "ttft_p50_s": statistics.median(ttft),
-        "ttft_p99_s": pct(ttft, 0.99),
+        "ttft_p99_s": percentile(ttft, 0.99),
         "latency_p50_s": statistics.median(lat),
-        "latency_p99_s": pct(lat, 0.99),
+        "latency_p99_s": percentile(lat, 0.99),
         "peak_decoding": peak_decoding(results),
         "timelines": ok,
     }
