@@ -269,7 +269,7 @@ def test_incremental_backend_stream(make_client, fake):
     fake.server_info_json = {"incremental_streaming_output": True}
     fake_pieces = fake.pieces
 
-    async def incremental(payload):
+    async def incremental(payload, headers=None):
         for i, piece in enumerate(fake_pieces, 1):
             yield {"text": piece, "meta_info": fake._meta(i, i == len(fake_pieces))}
 
