@@ -35,6 +35,28 @@ class FamilySpec:
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
+    def text_sizes(self) -> dict:
+        """The text model's config fields every family sets the same way (each adds its own)."""
+        return dict(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            max_position_embeddings=self.context_length,
+            initializer_range=self.initializer_range,
+        )
+
+    def siglip_sizes(self, num_layers: int) -> dict:
+        """A SigLIP vision tower's size fields (Gemma 3, LLaVA-OneVision)."""
+        return dict(
+            hidden_size=self.vision_hidden_size,
+            intermediate_size=2 * self.vision_hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=self.vision_heads,
+        )
+
 
 @dataclass(frozen=True)
 class Family:

@@ -40,28 +40,16 @@ def build_gemma3(out_dir: Path, spec: FamilySpec) -> Path:
         extra_special_tokens={"boi_token": BOI, "eoi_token": EOI, "image_token": IMAGE_TOKEN},
     )  # fmt: skip
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = dict(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
+    text = spec.text_sizes() | dict(
         head_dim=spec.head_dim,
         query_pre_attn_scalar=spec.head_dim,
-        max_position_embeddings=spec.context_length,
         sliding_window=512,  # shorter than a two-image prompt, so the window really cuts
         layer_types=["sliding_attention"] * (spec.num_layers - 1) + ["full_attention"],
-        initializer_range=spec.initializer_range,
         pad_token_id=ids["<pad>"],
         eos_token_id=ids["<end_of_turn>"],
         bos_token_id=ids["<bos>"],
     )
-    vision = dict(
-        hidden_size=spec.vision_hidden_size,
-        intermediate_size=2 * spec.vision_hidden_size,
-        num_hidden_layers=spec.vision_depth,
-        num_attention_heads=spec.vision_heads,
+    vision = spec.siglip_sizes(spec.vision_depth) | dict(
         image_size=IMAGE_SIZE,
         patch_size=PATCH,
         vision_use_head=False,

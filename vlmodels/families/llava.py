@@ -45,27 +45,16 @@ def build_llava_onevision(out_dir: Path, spec: FamilySpec) -> Path:
     out_dir = Path(out_dir).resolve()
     tokenizer = train_tokenizer(spec.vocab_size, spec.context_length, TRAINING_TEXT, SPECIAL_TOKENS, CHAT_TEMPLATE)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = dict(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=spec.context_length,
+    text = spec.text_sizes() | dict(
         rms_norm_eps=1e-6,
         rope_theta=10000.0,
-        initializer_range=spec.initializer_range,
         tie_word_embeddings=False,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
     vision = SiglipVisionConfig(
-        hidden_size=spec.vision_hidden_size,
-        intermediate_size=2 * spec.vision_hidden_size,
-        num_hidden_layers=spec.vision_depth + 1,  # LLaVA reads the second-to-last layer
-        num_attention_heads=spec.vision_heads,
+        **spec.siglip_sizes(spec.vision_depth + 1),  # LLaVA reads the second-to-last layer
         image_size=IMAGE_SIZE,
         patch_size=PATCH,
         vision_use_head=False,

@@ -29,18 +29,23 @@ def _token_ids(tokenizer) -> dict[str, int]:
     )
 
 
+def _vision(spec: FamilySpec) -> dict:
+    """The vision tower's fields Qwen2.5-VL and Qwen3-VL share (each adds its patch size and layout)."""
+    return dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden_size,
+        intermediate_size=2 * spec.vision_hidden_size,
+        num_heads=spec.vision_heads,
+        out_hidden_size=spec.hidden_size,
+        spatial_merge_size=MERGE,
+        initializer_range=spec.initializer_range,
+    )
+
+
 def _text(spec: FamilySpec, tokenizer, rope: dict) -> dict:
     pad, eos = tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return dict(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=spec.context_length,
+    return spec.text_sizes() | dict(
         rms_norm_eps=1e-6,
-        initializer_range=spec.initializer_range,
         rope_parameters=rope,
         bos_token_id=pad,
         eos_token_id=eos,
@@ -92,17 +97,10 @@ def build_qwen2_5_vl(out_dir: Path, spec: FamilySpec) -> Path:
     tokenizer = train_tokenizer(spec.vocab_size, spec.context_length)
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(spec.head_dim)}
     text = _text(spec, tokenizer, rope)
-    vision = dict(
-        depth=spec.vision_depth,
-        hidden_size=spec.vision_hidden_size,
-        intermediate_size=2 * spec.vision_hidden_size,
-        num_heads=spec.vision_heads,
-        out_hidden_size=spec.hidden_size,
+    vision = _vision(spec) | dict(
         patch_size=14,
-        spatial_merge_size=MERGE,
         window_size=112,  # 4 x 4 merged tokens per window, so a 16 x 16 image spans several windows
         fullatt_block_indexes=[spec.vision_depth - 1],  # windowed blocks first, then one full-attention block
-        initializer_range=spec.initializer_range,
     )
     config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_token_ids(tokenizer))
     torch.manual_seed(spec.seed)
@@ -126,17 +124,10 @@ def build_qwen3_vl(out_dir: Path, spec: FamilySpec) -> Path:
         "mrope_interleaved": True,
     }
     text = _text(spec, tokenizer, rope) | {"head_dim": spec.head_dim}
-    vision = dict(
-        depth=spec.vision_depth,
-        hidden_size=spec.vision_hidden_size,
-        intermediate_size=2 * spec.vision_hidden_size,
-        num_heads=spec.vision_heads,
-        out_hidden_size=spec.hidden_size,
+    vision = _vision(spec) | dict(
         patch_size=16,
-        spatial_merge_size=MERGE,
         num_position_embeddings=256,  # a 16 x 16 learned grid, interpolated to each image's patch grid
         deepstack_visual_indexes=[0],
-        initializer_range=spec.initializer_range,
     )
     config = Qwen3VLConfig(text_config=text, vision_config=vision, **_token_ids(tokenizer))
     torch.manual_seed(spec.seed)
