@@ -59,6 +59,18 @@ def prompt_text(processor, num_images: int, question: str = "Describe every imag
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
 
+def chat_prompt(processor, media_kind: str, n_media: int, history: list[tuple[str, str | None]]) -> str:
+    """A chat's prompt: the media with the first question, then each (question, answer) turn; the last
+    answer is None (the turn being asked)."""
+    messages = []
+    for i, (question, answer) in enumerate(history):
+        content = [{"type": media_kind}] * (n_media if i == 0 else 0) + [{"type": "text", "text": question}]
+        messages.append({"role": "user", "content": content})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
 def images_for(target_tokens: int, tokens_per_image: int = (IMAGE_SIDE // 28) ** 2) -> int:
     """How many benchmark images make a prompt of about `target_tokens` tokens."""
     return max(1, round(target_tokens / tokens_per_image))

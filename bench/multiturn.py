@@ -38,7 +38,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.harness import flush, png_data_url, sigterm_raises_exit
+from bench.harness import chat_prompt, flush, png_data_url, sigterm_raises_exit
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
 from testkit import mp4_data_url
 from vlmodels.tiny_qwen2vl import ensure_tiny_qwen2vl
@@ -66,16 +66,6 @@ def _mp4(seed, frames=8, size=224):
         return arr
 
     return mp4_data_url(frames, size, frame=frame)
-
-
-def _prompt(processor, media_kind, n_media, history):
-    messages = []
-    for i, (question, answer) in enumerate(history):
-        content = [{"type": media_kind}] * (n_media if i == 0 else 0) + [{"type": "text", "text": question}]
-        messages.append({"role": "user", "content": content})
-        if answer is not None:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
 def _held_slots(client, design) -> float:
@@ -116,7 +106,7 @@ def run_chat(client, processor, design, media, args):
         params = {"temperature": 0, "max_new_tokens": args.max_new_tokens, "ignore_eos": True}
         if _vl(design, args.budget) is not None:
             params["custom_params"] = {"vl_cache": {**_vl(design, args.budget), "report_kept": design == "lazy"}}
-        body = {"text": _prompt(processor, kind, len(items), history), "sampling_params": params,
+        body = {"text": chat_prompt(processor, kind, len(items), history), "sampling_params": params,
                 ("image_data" if kind == "image" else "video_data"): items}  # fmt: skip
         resp = client.post("/generate", json=body)
         resp.raise_for_status()
@@ -140,7 +130,7 @@ def run_chat(client, processor, design, media, args):
 
 def pressure(client, processor, args, design):
     """Distinct one-image requests of `design`, one after the other, into the plugin's pool."""
-    prompt = _prompt(processor, "image", 1, [(QUESTIONS[0], None)])
+    prompt = chat_prompt(processor, "image", 1, [(QUESTIONS[0], None)])
     flush(str(client.base_url).rstrip("/"), timeout_s=60.0)
     rows = []
     for i in range(args.pressure_requests):

@@ -43,6 +43,7 @@ from bench.harness import (
     Servers,
     add_attach_args,
     bench_server_config,
+    chat_prompt,
     flush,
     generate_body,
     noise_image,
@@ -99,21 +100,11 @@ def visual_tokens(image_side: int) -> int:
     return (image_side // 28) ** 2  # Qwen2-VL: 14-px patches merged 2x2
 
 
-def prompt(processor, n_images: int, history: list[tuple[str, str | None]]) -> str:
-    messages = []
-    for i, (question, answer) in enumerate(history):
-        content = [{"type": "image"}] * (n_images if i == 0 else 0) + [{"type": "text", "text": question}]
-        messages.append({"role": "user", "content": content})
-        if answer is not None:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
-
-
 def final_turn_tokens(processor, chat: Chat, image_side: int, max_new_tokens: int) -> int:
     """KV tokens of a chat after its last reply (answers stood in by `max_new_tokens` one-token words)."""
     filler = " ".join(["ok"] * max_new_tokens)
     history = [(QUESTIONS[t], filler if t + 1 < chat.turns else None) for t in range(chat.turns)]
-    text_ids = processor.tokenizer(prompt(processor, len(chat.image_seeds), history))["input_ids"]
+    text_ids = processor.tokenizer(chat_prompt(processor, "image", len(chat.image_seeds), history))["input_ids"]
     return len(text_ids) + len(chat.image_seeds) * (visual_tokens(image_side) - 1) + max_new_tokens
 
 
@@ -132,7 +123,7 @@ async def run_chat(client, url, processor, chat: Chat, images: list[str], vl, ar
     history, rows = [], []
     for turn in range(chat.turns):
         history.append((QUESTIONS[turn], None))
-        body = generate_body(prompt(processor, len(images), history), images, args.max_new_tokens, vl)
+        body = generate_body(chat_prompt(processor, "image", len(images), history), images, args.max_new_tokens, vl)
         row = {"user": chat.user, "turn": turn + 1, "images": len(images)}
         try:
             timed = await stream_generate(client, url, body)
@@ -329,7 +320,9 @@ def main(argv=None) -> None:
             cfg = bench_server_config(model, plugin=plugin, max_total_tokens=pool, max_running=args.max_running,
                                       extra=["--schedule-policy", args.schedule_policy])  # fmt: skip
             url = servers.start(name, cfg)
-            warm = prompt(processor, 1, [(QUESTIONS[0], None)])  # the first multimodal request: one-time costs
+            warm = chat_prompt(
+                processor, "image", 1, [(QUESTIONS[0], None)]
+            )  # the first multimodal request: one-time costs
             run_batch(
                 url, [generate_body(warm, [noise_image(7, args.image_side)], 2, vl_options(sides[0], args.budget))]
             )
