@@ -49,6 +49,7 @@ COPY constraints/cpu.lock ./constraints/cpu.lock
 COPY scripts/install_cpu.sh ./scripts/install_cpu.sh
 COPY pyproject.toml README.md ./
 COPY radix_ext ./radix_ext
+COPY cpu_shims ./cpu_shims
 COPY service ./service
 COPY vlmodels ./vlmodels
 # The embedded model (trained, committed; 2 MB): the container starts with no download.

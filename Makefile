@@ -39,7 +39,7 @@ test: install install-tools lint  ## the linter, then the whole suite: fast tier
 
 .PHONY: train-model accuracy
 train-model: install  ## retrain the embedded grid-VQA model into models/grid-vqa/ (2-core CPU, ~35 min)
-	@$(PY) tools/train_tiny_vlm.py
+	@$(PY) tools/train_grid_vqa.py
 
 accuracy: install  ## accuracy vs KV budget per policy through SGLang + plugin, and the cache-hit-rate diagnostic (~25 min: about 24 questions/s, 30k at the defaults)
 	@$(PY) -m bench.accuracy && $(PY) -m bench.hit_rate

@@ -4,5 +4,4 @@ Subpackages, each importing only the ones above it in this list:
   policy     -- the algorithms in plain PyTorch (no SGLang import)
   reference  -- the policies applied in HF transformers (the oracle)
   sglang     -- the SGLang plugin (every SGLang import lives here)
-  cpu        -- CPU-only support shims, activated by a .pth in the CPU venv only
 """

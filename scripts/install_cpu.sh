@@ -28,7 +28,7 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # The CPU shims load in every Python process of this venv (SGLang's scheduler and detokenizer too)
 # through this .pth; it is written only here, never by a GPU install.
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "import radix_ext.cpu.bootstrap" > "$site/vlcache_cpu_shims.pth"
+echo "import cpu_shims.bootstrap" > "$site/vlcache_cpu_shims.pth"
 
 "$VENV/bin/python" - <<'PY'
 import sglang, torch, torchvision, sgl_kernel  # noqa: F401  (the shims make these import on CPU)

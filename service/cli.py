@@ -134,16 +134,16 @@ def _banner_printer(settings: GatewaySettings):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Exit codes (service/launcher.py): 0 stopped cleanly, 1 failed, 2 bad arguments, 3 stopped with requests
+    """Exit codes (service/lifecycle.py): 0 stopped cleanly, 1 failed, 2 bad arguments, 3 stopped with requests
     aborted."""
-    from service import launcher
+    from service import lifecycle
 
     overrides, extra = parse_args(argv)
     settings = GatewaySettings(**overrides)
     if settings.backend_url:
         if extra:
             raise SystemExit(f"unknown arguments {extra}: with --backend-url there is no SGLang to pass them to")
-        raise SystemExit(launcher.serve_gateway(settings, _banner_printer(settings)))
+        raise SystemExit(lifecycle.serve_gateway(settings, _banner_printer(settings)))
 
     from service.sglang_process import SGLangServerConfig, free_port
     from vlmodels.grid_vqa.spec import embedded_model_dir
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         extra_args=extra,
         server_warmup=True,  # the first request is then fast, and SGLang logs no /freeze_gc traceback
     )
-    raise SystemExit(launcher.run_with_engine(settings, config, _banner_printer(settings)))
+    raise SystemExit(lifecycle.run_with_engine(settings, config, _banner_printer(settings)))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ media counts: `service.conversation` plans the prompt and lists the media) -> ad
 full) -> disconnect watcher -> the media in one pass (`MediaIntake.prepare`: limits, bytes, decode,
 visual tokens) -> prompt rendered with the model's chat template -> SGLang `/generate` body
 (`service.sglang_request`; behind a router, the chat's routing key in a header: `service.routing_key`) -> SGLang, plain or streaming -> for a plain answer, its finish reason and
-usage (`service.api.completion`). The slot is held until the answer is complete (for a stream: until
+usage (`service.api.usage`). The slot is held until the answer is complete (for a stream: until
 the stream ends); if the client leaves first, the SGLang request is aborted (`/abort_request`), so its
 KV is freed at once.
 """
@@ -20,8 +20,8 @@ import anyio
 from fastapi import Request
 from fastapi.responses import Response
 
-from service.api.completion import RequestClock, build_usage, finish_reason, record_usage
 from service.api.events import EventPump
+from service.api.usage import RequestClock, build_usage, finish_reason, record_usage
 from service.conversation import ConversationPlan
 from service.disconnect import ClientGone, DisconnectWatcher, ServerStopping
 from service.errors import Overloaded

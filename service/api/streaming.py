@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
-from service.api.completion import build_usage, finish_reason, record_usage
 from service.api.events import EventPump
 from service.api.pipeline import GenerationRun
+from service.api.usage import build_usage, finish_reason, record_usage
 from service.disconnect import ClientGone, ServerStopping
 from service.errors import APIError
 from service.schemas import ChatCompletionChunk, ChunkChoice, Delta

@@ -1,11 +1,11 @@
-"""A stop's drain deadline (service/launcher.py sets `state.stopping`): requests still in flight end
+"""A stop's drain deadline (service/lifecycle.py sets `state.stopping`): requests still in flight end
 with 503 `server_stopping` and are aborted in the backend, instead of being cancelled mid-answer."""
 
 import threading
 
 import pytest
 
-from service.launcher import _Banner, _progress_lines
+from service.lifecycle import _Banner, _progress_lines
 
 
 @pytest.mark.parametrize("stream", [False, True])

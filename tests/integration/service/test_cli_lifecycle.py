@@ -118,7 +118,7 @@ def test_start_is_short_and_ctrl_c_stops_cleanly_with_a_request_in_flight(tmp_pa
             proc.wait()
     lines = out.rest()
     text = "\n".join(lines)
-    assert code == 3, text[-3000:]  # stopped by a signal, one request cut off (service/launcher.py)
+    assert code == 3, text[-3000:]  # stopped by a signal, one request cut off (service/lifecycle.py)
     assert "Traceback" not in text, text[-3000:]
     assert "1 request(s) did not finish" in text and lines[-1] == "[vlcache] stopped", text[-2000:]
     # The stream was ended by the gateway, in-band, not cut: an error event, then [DONE].

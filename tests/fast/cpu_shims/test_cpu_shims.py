@@ -11,8 +11,8 @@ def test_bootstrap_is_active_in_fresh_processes():
     # SGLang's scheduler and detokenizer are fresh interpreters: the .pth must reach them.
     code = (
         "import sys, torchvision, sgl_kernel, sglang, torch;"
-        "assert 'radix_ext.cpu.bootstrap' in sys.modules;"
-        "assert sgl_kernel.__name__ == 'radix_ext.cpu.sgl_kernel_standin';"
+        "assert 'cpu_shims.bootstrap' in sys.modules;"
+        "assert sgl_kernel.__name__ == 'cpu_shims.sgl_kernel_standin';"
         "assert not hasattr(torch.ops.sgl_kernel, 'convert_weight_packed');"
         "print('ok')"
     )

@@ -1,6 +1,6 @@
 """Train the grid-VQA Qwen2-VL on CPU, deterministically, and save it to `models/grid-vqa/`.
 
-    .venv/bin/python tools/train_tiny_vlm.py [--steps 1400] [--batch 16] [--seed 0] [--out models/grid-vqa]
+    .venv/bin/python tools/train_grid_vqa.py [--steps 1400] [--batch 16] [--seed 0] [--out models/grid-vqa]
 
 Data: an endless seeded stream of grid-VQA samples (`vlmodels.grid_vqa.task`): `CURRICULUM` phases of
 `--curriculum-steps` each on small grids, then 1-4 images of 4x4 to 10x10 cells; each image set is
@@ -126,7 +126,7 @@ are red?` (several), `Which image has the star?` (across images); readout `List 
 red object's shape; caption `Describe the image.` -> every object of a sparse prompt as colour and shape.
 Trained on 1-4 images of 4x4 to 10x10 cells.
 
-Training: `python tools/train_tiny_vlm.py --steps {summary["steps"]} --threads {summary["threads"]}` (`make train-model`),
+Training: `python tools/train_grid_vqa.py --steps {summary["steps"]} --threads {summary["threads"]}` (`make train-model`),
 seed {summary["seed"]}, batch {summary["batch"]}, {summary["train_minutes"]} min on a 2-core CPU; a curriculum (few objects on
 tiny grids first) and an auxiliary per-cell shape/colour loss on the vision merger's output (training
 only; not in these weights). Log: `training_log.jsonl`. Reproducible: two runs of the same command

@@ -4,7 +4,7 @@ Importing this module is cheap (it imports nothing heavy): it puts an import hoo
 `sys.meta_path` that
 - before `torchvision` is first imported, defines the operator schemas it needs;
 - before `sglang` is first imported, installs the `torch.ops.sgl_kernel` stand-in namespace;
-- serves `import sgl_kernel` from `radix_ext.cpu.sgl_kernel_standin`.
+- serves `import sgl_kernel` from `cpu_shims.sgl_kernel_standin`.
 A `.pth` is used (not a conftest) because SGLang spawns scheduler and detokenizer processes that must
 see the same shims. The CPU venv also means the CPU engine, so `SGLANG_USE_CPU_ENGINE` defaults to 1.
 """
@@ -21,11 +21,11 @@ import sys
 class _CpuShimFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname == "torchvision":
-            from radix_ext.cpu.torchvision_ops import define_schemas
+            from cpu_shims.torchvision_ops import define_schemas
 
             define_schemas()
         elif fullname == "sglang":
-            from radix_ext.cpu.sgl_kernel_standin import install_op_namespace
+            from cpu_shims.sgl_kernel_standin import install_op_namespace
 
             install_op_namespace()
         elif fullname == "sgl_kernel":
@@ -37,7 +37,7 @@ class _AliasLoader(importlib.abc.Loader):
     """Loads `sgl_kernel` as the very same module object as the stand-in (one copy, one namespace)."""
 
     def create_module(self, spec):
-        return importlib.import_module("radix_ext.cpu.sgl_kernel_standin")
+        return importlib.import_module("cpu_shims.sgl_kernel_standin")
 
     def exec_module(self, module):
         pass
