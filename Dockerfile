@@ -15,9 +15,9 @@ COPY radix_ext ./radix_ext
 COPY service ./service
 COPY vlmodels ./vlmodels
 # `.[gpu]` = sglang==0.5.23 with its own CUDA pins (torch, flashinfer, sglang-kernel, torchcodec);
-# sglang-router for the scale-out layout (deploy/components/router). Not editable: the final stage
+# smg (SMG, the router) for the scale-out layout (deploy/components/router). Not editable: the final stage
 # carries the venv only. The CPU shims' .pth is never written here.
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[gpu]" "sglang-router==0.3.2"
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[gpu]" "smg==1.13.0"
 
 # --- gpu: the final image -----------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS gpu

@@ -152,7 +152,7 @@ class SGLangBackend:
     async def model_info(self) -> dict:
         try:
             return await self._get_json("/model_info")
-        except InvalidRequest:  # a 4xx: sglang-router 0.3.2 serves only SGLang's older `/get_model_info`
+        except InvalidRequest:  # a 4xx: a router (SMG 1.13) serves only SGLang's older `/get_model_info`
             return await self._get_json("/get_model_info")
 
     async def server_info(self) -> dict:

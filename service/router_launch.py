@@ -1,18 +1,21 @@
-"""Scale out on loopback: N SGLang workers (plugin selected), SGLang's own router in front of them,
-and the gateway attached to the router (`make serve-router`).
+"""Scale out on loopback: N SGLang workers (plugin selected), SMG in front of them, and the gateway
+attached to SMG (`make serve-router`).
 
-    python -m service.router_launch --workers 2 --port 8000 [--policy round_robin]
+    python -m service.router_launch --workers 2 --port 8000 [--policy round_robin] [--no-sticky]
 
-The router is `sglang-router` (`python -m sglang_router.launch_router`), not a balancer of ours.
+The router is SMG (Shepherd Model Gateway, `smg launch`, sglang-router's successor), not a balancer
+of ours; its workers are plain HTTP SGLang servers (its gRPC mode drops `custom_params`).
 What holds through it (checked in tests/integration/router):
-- `/generate` is re-serialised by the router: `rid`, `image_data`, `video_data` and the typed
-  sampling fields pass, `sampling_params.custom_params` does NOT. Per-request VL-Cache options
-  therefore fall back to each worker's server-wide defaults (`VLCACHE_POLICY`, `VLCACHE_BUDGET`,
-  `VLCACHE_POLICY_OPTIONS` in the worker's environment: `--worker-policy`, `--worker-budget` here);
-  the KV report (`meta_info.vl_cache`) comes back and says what ran.
-- Policy: `round_robin` (default here) or `power_of_two` (load-aware). `cache_aware` keys on the
-  prompt text only: image prompts with the same question look identical to it and all go to one
-  worker, and compressed requests never enter the radix tree whose reuse it aims for.
+- `/generate` reaches the worker with `sampling_params.custom_params`, so per-request VL-Cache
+  options (policy, budget) run as asked; requests without options get the worker's defaults
+  (`VLCACHE_POLICY`, `VLCACHE_BUDGET`: `--worker-policy`, `--worker-budget` here).
+- Sticky sessions (default on): SMG pins every routing key to one worker. The gateway sends each
+  chat's key (`service.routing_key`, in `ROUTING_KEY_HEADER`), so all turns of a chat land where
+  its prefix KV is. Requests without the header follow `--policy` (`round_robin` by default;
+  `cache_aware` keys on prompt text, in which an image is a placeholder).
+- A dead worker: SMG's health checks (every `health_check_interval_s`) take it out and put it back
+  when it answers again; requests in flight on it fail (the gateway answers 502/503 JSON).
+- Prometheus: SMG's `smg_*` series on `prometheus_port` (bound to `host`, never 0.0.0.0 here).
 """
 
 from __future__ import annotations
@@ -29,34 +32,43 @@ from typing import IO
 
 import httpx
 
+from service.routing_key import ROUTING_KEY_HEADER
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
 
 
 @dataclass
 class RouterConfig:
     worker_urls: list[str]
-    model_path: str  # the router loads the tokenizer from here (no hub download)
+    model_path: str  # SMG loads the tokenizer from here (no hub download)
     host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     prometheus_port: int = field(default_factory=free_port)
     policy: str = "round_robin"
+    sticky: bool = True  # pin each routing key (ROUTING_KEY_HEADER) to one worker
+    health_check_interval_s: int = 5  # how soon a dead worker is taken out, and a restarted one back
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
-        return [
-            sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *self.worker_urls,
+        args = [
+            sys.executable, "-m", "smg", "launch", "--worker-urls", *self.worker_urls,
             "--policy", self.policy, "--host", self.host, "--port", str(self.port),
             "--prometheus-host", self.host, "--prometheus-port", str(self.prometheus_port),
             "--model-path", self.model_path, "--tokenizer-path", self.model_path,
-            "--worker-startup-check-interval", "1", "--log-level", "warn",
+            "--worker-startup-check-interval", "1",
+            "--health-check-interval-secs", str(self.health_check_interval_s),
+            "--health-failure-threshold", "1", "--health-success-threshold", "1",
+            "--log-level", "warn",
         ]  # fmt: skip
+        if self.sticky:
+            args += ["--sticky-sessions", "--routing-key-headers", ROUTING_KEY_HEADER]
+        return args
 
 
-class SGLangRouter:
-    """Owns one router process: start, wait until every worker is registered, stop."""
+class SMGRouter:
+    """Owns one SMG process: start, wait until every worker is registered, stop."""
 
     def __init__(self, config: RouterConfig, log: IO | None = None):
         self.config = config
@@ -72,7 +84,7 @@ class SGLangRouter:
         workers = client.get(f"{self.url}/workers").json().get("workers", [])
         return [w["url"] for w in workers]
 
-    def __enter__(self) -> SGLangRouter:
+    def __enter__(self) -> SMGRouter:
         self.process = subprocess.Popen(
             self.config.argv(),
             stdout=self._log,
@@ -115,7 +127,7 @@ class SGLangRouter:
 
 
 def worker_env(policy: str | None, budget: float | None) -> dict[str, str]:
-    """A worker's server-wide VL-Cache defaults (what requests through the router get)."""
+    """A worker's server-wide VL-Cache defaults (what requests that name no options get)."""
     env = {}
     if policy is not None:
         env["VLCACHE_POLICY"] = policy
@@ -127,7 +139,8 @@ def worker_env(policy: str | None, budget: float | None) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vlcache-serve-router", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--policy", default="round_robin", help="the router's policy (see the module docstring)")
+    parser.add_argument("--policy", default="round_robin", help="SMG's policy for requests without a routing key")
+    parser.add_argument("--no-sticky", action="store_true", help="no routing key: every request follows --policy")
     parser.add_argument("--port", type=int, default=8000, help="the gateway's port")
     parser.add_argument("--model", help="model folder (default: the embedded grid-VQA model)")
     parser.add_argument("--worker-policy", help="VLCACHE_POLICY of every worker (default: the plugin's, vlcache)")
@@ -151,8 +164,10 @@ def main(argv: list[str] | None = None) -> None:
             worker.start()
         for worker in workers:
             worker.wait_healthy()
-        router = stack.enter_context(SGLangRouter(RouterConfig([w.url for w in workers], model, policy=args.policy)))
-        gateway_main(["--backend-url", router.url, "--port", str(args.port), "--tokenizer-path", model])
+        config = RouterConfig([w.url for w in workers], model, policy=args.policy, sticky=not args.no_sticky)
+        router = stack.enter_context(SMGRouter(config))
+        key = [] if args.no_sticky else ["--routing-key-header", ROUTING_KEY_HEADER]
+        gateway_main(["--backend-url", router.url, "--port", str(args.port), "--tokenizer-path", model, *key])
 
 
 if __name__ == "__main__":

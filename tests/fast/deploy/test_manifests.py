@@ -8,6 +8,8 @@ import subprocess
 import pytest
 from deploy_tools import OVERLAYS, objects, one, tool
 
+from service.routing_key import ROUTING_KEY_HEADER
+
 KUBERNETES_VERSION = "1.33.0"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}  # no schema in kubernetes-validate: checked below
 
@@ -105,11 +107,24 @@ def test_cpu_overlay_runs_the_cpu_engine_on_the_embedded_model(rendered):
 
 def test_router_component_points_the_gateway_at_the_router_and_opens_the_engine_to_it(rendered):
     docs = objects(rendered["cpu-router"])
-    assert one(docs, "ConfigMap", "vlcache-gateway")["data"]["VLCACHE_BACKEND_URL"] == "http://vlcache-router:30000"
+    gateway_config = one(docs, "ConfigMap", "vlcache-gateway")["data"]
+    assert gateway_config["VLCACHE_BACKEND_URL"] == "http://vlcache-router:30000"
     router = one(docs, "Deployment", "vlcache-router")["spec"]["template"]["spec"]["containers"][0]
-    assert router["args"][router["args"].index("--policy") + 1] == "round_robin"
-    assert ":cpu" in router["image"] or "cpu-" in router["image"]
+    args = router["args"]
+    assert router["command"] == ["smg", "launch"]
+    assert args[args.index("--policy") + 1] == "round_robin"
+    # sticky sessions on the header the gateways send their chats' routing keys in
+    assert "--sticky-sessions" in args
+    assert args[args.index("--routing-key-headers") + 1] == gateway_config["VLCACHE_ROUTING_KEY_HEADER"]
+    assert gateway_config["VLCACHE_ROUTING_KEY_HEADER"] == ROUTING_KEY_HEADER
+    # SMG's Prometheus series are scraped like the gateway's: Service port -> container port -> flag
     service = one(docs, "Service", "vlcache-router")
+    monitor = one(docs, "ServiceMonitor", "vlcache-router")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (scraped,) = [p for p in service["spec"]["ports"] if p["name"] == monitor["spec"]["endpoints"][0]["port"]]
+    (container_port,) = [p for p in router["ports"] if p["name"] == scraped["targetPort"]]
+    assert str(container_port["containerPort"]) == args[args.index("--prometheus-port") + 1]
+    assert ":cpu" in router["image"] or "cpu-" in router["image"]
     router_labels = one(docs, "Deployment", "vlcache-router")["spec"]["template"]["metadata"]["labels"]
     assert all(router_labels.get(k) == v for k, v in service["spec"]["selector"].items())
     sglang = one(docs, "Deployment", "vlcache-serve")["spec"]["template"]["spec"]["containers"][0]
