@@ -46,6 +46,10 @@ class RouterConfig:
     policy: str = "round_robin"
     sticky: bool = True  # pin each routing key (ROUTING_KEY_HEADER) to one worker
     health_check_interval_s: int = 5  # how soon a dead worker is taken out, and a restarted one back
+    # SGLang's /health generates one token and answers after at least 1 s; a CPU worker busy with a long
+    # prefill may take far longer, and SMG's default 5 s marks a merely busy worker unhealthy (503s).
+    # A dead worker refuses the connection at once, so the long timeout does not slow its removal.
+    health_check_timeout_s: int = 60
 
     @property
     def url(self) -> str:
@@ -59,7 +63,8 @@ class RouterConfig:
             "--model-path", self.model_path, "--tokenizer-path", self.model_path,
             "--worker-startup-check-interval", "1",
             "--health-check-interval-secs", str(self.health_check_interval_s),
-            "--health-failure-threshold", "1", "--health-success-threshold", "1",
+            "--health-check-timeout-secs", str(self.health_check_timeout_s),
+            "--health-failure-threshold", "2", "--health-success-threshold", "1",
             "--log-level", "warn",
         ]  # fmt: skip
         if self.sticky:

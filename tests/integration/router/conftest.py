@@ -45,7 +45,11 @@ class RouterStack:
 
     def served(self) -> list[float]:
         """Requests each worker finished (SGLang's own `sglang:num_requests_total`)."""
-        return [_counter(f"{url}/metrics", "sglang:num_requests_total") for url in self.worker_urls]
+        return [self.served_on(i) for i in range(len(self.workers))]
+
+    def served_on(self, i: int) -> float:
+        """Requests worker i finished (it must be up)."""
+        return _counter(f"{self.worker_urls[i]}/metrics", "sglang:num_requests_total")
 
     def healthy_in_router(self) -> dict[str, bool]:
         """Worker URL -> whether SMG counts it healthy (its `GET /workers`)."""

@@ -54,7 +54,7 @@ def _send_chat(url: str, body: dict) -> tuple[int, dict | None]:
 def _send_upload(url: str, i: int) -> tuple[int, dict | None]:
     asked = ASKED[i % len(ASKED)][0] or {}
     form = {"prompt": f"What is this ({i})?", "max_tokens": "4", **{k: str(v) for k, v in asked.items()}}
-    files = [("images", (f"{i}.png", image_bytes((160, 120), (40 * i % 255, 90, 200)), "image/png"))]
+    files = [("images", (f"{i}.png", image_bytes((224, 224), (40 * i % 255, 90, 200)), "image/png"))]
     resp = httpx.post(f"{url}/v1/generate", data=form, files=files, timeout=300)
     return resp.status_code, resp.json().get("usage")
 

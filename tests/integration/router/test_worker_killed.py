@@ -110,7 +110,7 @@ def test_a_worker_killed_under_load_loses_only_its_started_streams_and_rejoins(r
     statuses = [status for _, status in burst.short]
     lost = [s for s in burst.long.values() if not s["finished"]]
     after_kill = [status for after, status in burst.short if after]
-    served_by_survivor = stack.served()[1 - DEAD] - served_before[1 - DEAD]
+    served_by_survivor = stack.served_on(1 - DEAD) - served_before[1 - DEAD]
     print(f"sent {SHORT + LONG}: short {SHORT} ({len(after_kill)} after the kill), "
           f"long streams {LONG}; in flight on the dead worker at the kill: {in_flight_on_dead} streams; "
           f"succeeded {statuses.count(200)} short, lost {len(lost)} streams; worker {1 - DEAD} served {served_by_survivor}")  # fmt: skip
