@@ -159,18 +159,17 @@ def _cell(m: dict, metric: str) -> str:
 
 
 def control_verdict(records) -> dict:
-    """The control that can fail: `random` at 5% against full, per multi-token form (F1 ratio)."""
+    """The control that can fail: `random` at 5% against full, per multi-token form (F1 ratio). The
+    setting travels with the verdict, so whoever reads the results needs no copy of these constants."""
     grid = {(r["label"], r["budget"]): r for r in records}
     full, ctrl = grid.get(("full", 1.0)), grid.get((CONTROL_POLICY, CONTROL_BUDGET))
-    if not full or not ctrl:
-        return {}
-    out = {}
-    for form in ("readout", "caption"):
+    forms = {}
+    for form in ("readout", "caption") if full and ctrl else ():
         key = f"form:{form}"
         if key in full["metrics"]:
             ratio = ctrl["metrics"][key]["f1"] / max(full["metrics"][key]["f1"], 1e-9)
-            out[form] = {"ratio": ratio, "fell": ratio <= CONTROL_MAX_RATIO}
-    return out
+            forms[form] = {"ratio": ratio, "fell": ratio <= CONTROL_MAX_RATIO}
+    return {"policy": CONTROL_POLICY, "budget": CONTROL_BUDGET, "max_ratio": CONTROL_MAX_RATIO, "forms": forms}
 
 
 def print_tables(records, budgets) -> str:
@@ -223,8 +222,8 @@ def print_tables(records, budgets) -> str:
         lines.append("blank-image control (full cache): " + ", ".join(
             f"{f} {HEADLINE_METRIC[f]} {_cell(blank['metrics'][f'form:{f}'], HEADLINE_METRIC[f])}" for f in FORMS
             if f"form:{f}" in blank["metrics"]))  # fmt: skip
-    for form, v in control_verdict(records).items():
-        lines.append(f"random control @ {CONTROL_BUDGET:g}, {form}: F1 {v['ratio']:.3f} of full -> "
+    for form, v in control_verdict(records)["forms"].items():
+        lines.append(f"{CONTROL_POLICY} control @ {CONTROL_BUDGET:g}, {form}: F1 {v['ratio']:.3f} of full -> "
                      + ("fell (the task tests the kept set)" if v["fell"] else "DID NOT FALL: the task does not test the kept set"))  # fmt: skip
     text = "\n".join(lines)
     print(text)
@@ -266,7 +265,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-setting", type=int, default=75, help="questions per form and prompt-length setting")
     # 1 and 2 images by default: every request prefills from its first image (the plugin scores the
-    # post-vision rows), and 4 images of 16x16 cells cost about 2 s a request on 2 CPU cores.
+    # post-vision rows), and 4 images of 16x16 cells cost about 2 s a request on the measuring
+    # machine (bench/README.md).
     parser.add_argument("--settings", nargs="+", default=[s.name for s in SETTINGS[:2]],
                         help=f"prompt-length settings, of {[s.name for s in SETTINGS]}")  # fmt: skip
     parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))

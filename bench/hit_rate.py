@@ -101,6 +101,7 @@ def run(model_dir: Path, per_setting: int, budgets, policies, progress=True) -> 
         counts = [len(a["hit"].get((t, 0), [])) for t in range(tokens)]
         out[f"{p}@{b:g}"] = {"policy": p, "budget": b, "questions": len(samples), "answers_reaching_token": counts,
                              "hit_rate": grid, "mass_covered": mass,  # [decoded token][layer]
+                             "hit_rate_per_layer": layer_means(grid),
                              "hit_rate_all": _mean([h for v in a["hit"].values() for h in v]),
                              "hit_rate_content": _mean(a["content_hit"]),
                              "mass_content": _mean(a["content_mass"])}  # fmt: skip
@@ -109,6 +110,12 @@ def run(model_dir: Path, per_setting: int, budgets, policies, progress=True) -> 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def layer_means(grid: list[list[float]]) -> list[float]:
+    """Per layer, the mean over decoded tokens of a `[token][layer]` grid; a token no answer reached
+    (NaN) counts for nothing. The one per-layer figure of the printed table and the rendered one."""
+    return [_mean([row[layer] for row in grid if row[layer] == row[layer]]) for layer in range(len(grid[0]))]
 
 
 def plot(results: dict, out_dir: Path) -> list[Path]:
@@ -145,11 +152,7 @@ def table(results: dict) -> str:
     lines = [f"{'policy@budget':<24}{'hit rate per layer (mean over tokens)':>44}{'all':>7}{'content':>9}"
              f"{'mass (content)':>16}"]  # fmt: skip
     for key, r in results.items():
-        layers = len(r["hit_rate"][0])
-        per_layer = [
-            _mean([row[layer] for row in r["hit_rate"] if row[layer] == row[layer]]) for layer in range(layers)
-        ]
-        per = " ".join(f"{h:.2f}" for h in per_layer)
+        per = " ".join(f"{h:.2f}" for h in r["hit_rate_per_layer"])
         lines.append(f"{key:<24}{per:>44}{r['hit_rate_all']:>7.3f}{r['hit_rate_content']:>9.3f}"
                      f"{r['mass_content']:>16.3f}")  # fmt: skip
     text = "\n".join(lines)

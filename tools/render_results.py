@@ -283,6 +283,26 @@ def _multiturn(data: dict) -> str:
     return table(header, rows) + "\n\n" + summary
 
 
+@renderer("multiturn-turn2", "multiturn.json")
+def _multiturn_turn2(data: dict) -> str:
+    """Turn 2, one row per chat kind and design: tokens, TTFT against stock and `full`, scoring, KV held."""
+    cells = {(s["media"], s["turn"], s["design"]): s for s in data["summary"]}
+    designs, rows = _multiturn_designs(data["args"]["budget"]), []
+    for m in dict.fromkeys(s["media"] for s in data["summary"]):
+        stock, full = cells[(m, 2, "stock")]["ttft_ms"], cells[(m, 2, "full")]["ttft_ms"]
+        for design, label in designs.items():
+            c = cells[(m, 2, design)]
+            rows.append([
+                m, label, f"{round(c['cached_tokens'])} / {round(c['prompt_tokens'])}", f"{c['ttft_ms']:.1f}",
+                f"{c['ttft_ms'] / stock:.2f}", f"{c['ttft_ms'] / full:.2f}",
+                "-" if _nan(c["scoring_ms"]) else f"{c['scoring_ms']:.1f}",
+                "-" if _nan(c["held_slots_after"]) else str(round(c["held_slots_after"])),
+            ])  # fmt: skip
+    header = ["chat", "design", "cached / prompt tokens", "TTFT ms", "/ stock", "/ full", "score ms",
+              "KV held after turn 2"]  # fmt: skip
+    return table(header, rows)
+
+
 @renderer("accuracy", "accuracy.json")
 def _accuracy(data: dict) -> str:
     """Per form, the headline metric of every policy at every budget, with its 95% interval."""
@@ -307,9 +327,10 @@ def _accuracy(data: dict) -> str:
         n = full["metrics"][key]["n"]
         parts.append(f"**{form}**, {metric} (n={n} per cell, 95% interval):\n\n"
                      + table(["policy"] + [f"{b:g}" for b in budgets], rows))  # fmt: skip
+    c = data["control"]
     control = "; ".join(f"{form} F1 {v['ratio']:.2f} of full ({'fell' if v['fell'] else 'did not fall'})"
-                        for form, v in data["control"].items())  # fmt: skip
-    parts.append(f"Control `random` at 0.05: {control}. {data['questions']} questions, "
+                        for form, v in c["forms"].items())  # fmt: skip
+    parts.append(f"Control `{c['policy']}` at {c['budget']:g}: {control}. {data['questions']} questions, "
                  f"{data['sglang_minutes']:.1f} min through SGLang.")  # fmt: skip
     return "\n\n".join(parts)
 
@@ -339,11 +360,7 @@ def _hit_rate(data: dict) -> str:
     """Per policy: top-k hit rate per layer (mean over decoded tokens), over all and content tokens."""
     rows = []
     for label, r in sorted(data["results"].items(), key=lambda kv: -kv[1]["hit_rate_all"]):
-        layers = [
-            statistics.fmean(t[layer] for t in r["hit_rate"] if not _nan(t[layer]))
-            for layer in range(len(r["hit_rate"][0]))
-        ]
-        rows.append([label, " ".join(f"{x:.2f}" for x in layers), f"{r['hit_rate_all']:.3f}",
+        rows.append([label, " ".join(f"{x:.2f}" for x in r["hit_rate_per_layer"]), f"{r['hit_rate_all']:.3f}",
                      f"{r['hit_rate_content']:.3f}", f"{r['mass_content']:.3f}"])  # fmt: skip
     n = next(iter(data["results"].values()))["questions"]
     header = ["policy @ budget", "hit rate per layer", "all decoded tokens", "content tokens", "mass covered (content)"]

@@ -1,4 +1,5 @@
-"""A tiny Qwen2-VL built offline and deterministically: the embedded default model.
+"""A tiny Qwen2-VL built offline and deterministically: the random-weight model of the tests and of some
+benchmarks (the served default is the trained grid-VQA model, `models/grid-vqa/`).
 
 Nothing is downloaded. The weights are random (seeded), the tokenizer is a byte-level BPE trained on a
 few sentences, and the processor is sized so that compression has real work: one image gives up to
