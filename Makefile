@@ -21,12 +21,18 @@ serve:  ## install if needed (its output in .cache/install.log), then serve the 
 	@VENV=$(VENV) bash scripts/install_cpu.sh > .cache/install.log 2>&1 || { tail -n 30 .cache/install.log; exit 1; }
 	@$(PY) -m service.cli $(SERVE_ARGS)
 
-.PHONY: serve-router loadtest deploy-check
-serve-router: install  ## 2 CPU SGLang workers + SGLang's router (round_robin) + the gateway on http://127.0.0.1:8000
+.PHONY: serve-router loadtest loadtest-router soak deploy-check
+serve-router: install  ## 2 CPU SGLang workers + SMG (sticky sessions on the gateway's routing key, round_robin otherwise) + the gateway on http://127.0.0.1:8000
 	@$(PY) -m service.router_launch --workers 2 --port 8000
 
 loadtest: install  ## a bounded headless Locust run against a locally started service: CSV, HTML, PNG in loadtest/results/
 	@$(PY) -m loadtest.run --users 4 --duration 60s --out loadtest/results
+
+loadtest-router: install  ## the same run against `make serve-router`'s layout (2 workers behind SMG): loadtest/results/router/
+	@$(PY) -m loadtest.run --workers 2 --users 4 --duration 60s --out loadtest/results/router
+
+soak: install  ## a bounded 10-minute soak of the router layout (2 workers, 6 users); fails on any failed request: loadtest/results/soak/
+	@$(PY) -m loadtest.run --workers 2 --users 6 --duration 10m --out loadtest/results/soak
 
 deploy-check: install install-tools  ## render every deploy/ overlay; kubernetes-validate, checkov, hadolint (also in `make test`)
 	@$(PY) -m pytest tests/fast/deploy -q
@@ -59,7 +65,10 @@ bench-overhead: install  ## prefill: stock vs plugin full vs vlcache scoring, 4k
 bench-throughput: install  ## open-loop load on a memory-bound server through the gateway: stock vs budget 0.1 (~5 min)
 	@$(PY) -m bench.throughput
 
-.PHONY: bench-multiturn bench-followup bench-sessions
+.PHONY: bench-multiturn bench-followup bench-sessions bench-scale-out
+bench-scale-out: install  ## the same Locust load through SMG with 1 and then 2 workers: QPS, TTFT, inter-token p50/p99 (~10 min)
+	@$(PY) -m bench.scale_out
+
 bench-sessions: install  ## 32 image chats sharing one small KV pool: stock vs plugin full / reuse lazy / compressed, with think times and saturated (~25 min)
 	@$(PY) -m bench.sessions
 	@$(PY) -m bench.sessions --think-mean 0 --arrival-rate 8 --name sessions_saturated

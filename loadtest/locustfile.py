@@ -9,8 +9,9 @@ Entries in Locust's statistics:
   per gap between consecutive content chunks (ITL), so their percentiles show apart.
 
 Options (Locust's own CLI, `locust -f loadtest/locustfile.py --help`): `--vl-mix`, `--max-tokens`,
-`--multi-image-share`, `--video-share`, `--model`, `--api-key`. A stream that ends without content, an
-error event or a missing KV report (compressed policies) counts as a failure.
+`--multi-image-share`, `--video-share`, `--model`, `--api-key`. A stream that ends without a finish
+reason, an error event or a missing KV report (compressed policies) counts as a failure; an empty answer
+(the model's first token is EOS) is an answer, its TTFT read at the finish chunk.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class ChatUser(HttpUser):
         body, vl = self._body()
         start = time.perf_counter()
         last = first = None
-        usage = None
+        usage, finished = None, False
         with self.client.post("/v1/chat/completions", json=body, headers=self.headers, stream=True,
                               catch_response=True, name="chat (stream)") as resp:  # fmt: skip
             if resp.status_code != 200:
@@ -116,17 +117,20 @@ class ChatUser(HttpUser):
                     return
                 if event.get("usage"):
                     usage = event["usage"]
-                if any((c.get("delta") or {}).get("content") for c in event.get("choices", [])):
+                choices = event.get("choices", [])
+                finished = finished or any(c.get("finish_reason") for c in choices)
+                content = any((c.get("delta") or {}).get("content") for c in choices)
+                # The first token may be EOS (an empty answer): the finish chunk is then the first.
+                if first is None and (content or finished):
+                    first = last = time.perf_counter()
+                    _fire_metric(self.environment, "time_to_first_token", (first - start) * 1000)
+                elif content:
                     now = time.perf_counter()
-                    if first is None:
-                        first = now
-                        _fire_metric(self.environment, "time_to_first_token", (now - start) * 1000)
-                    else:
-                        _fire_metric(self.environment, "inter_token_latency", (now - last) * 1000)
+                    _fire_metric(self.environment, "inter_token_latency", (now - last) * 1000)
                     last = now
             _fire_metric(self.environment, "e2e_latency", (time.perf_counter() - start) * 1000)
-            if first is None:
-                resp.failure("the stream ended without content")
+            if not finished:
+                resp.failure("the stream ended without a finish reason")
             elif usage is None or (vl["policy"] != "full" and not usage.get("kv_cache")):
                 resp.failure(f"no KV report in the usage chunk: {usage}")
             else:

@@ -1,6 +1,7 @@
 """`make loadtest`: a bounded headless Locust run of loadtest/locustfile.py against the gateway.
 
     python -m loadtest.run                       # start `vlcache-serve` (embedded model, CPU) on a free port
+    python -m loadtest.run --workers 2           # start the scale-out layout instead (N workers behind SMG)
     python -m loadtest.run --url http://HOST:8000 --users 8 --duration 120s
 
 Writes into `--out` (default loadtest/results/): Locust's CSVs (`run_stats.csv`, full history),
@@ -84,13 +85,16 @@ def _seconds(duration: str) -> int:
 
 
 @contextlib.contextmanager
-def local_service(timeout_s: float = 600.0):
-    """`vlcache-serve` (the embedded model, SGLang child on loopback) on a free port, until /ready."""
+def local_service(workers: int | None = None, timeout_s: float = 600.0):
+    """The embedded model served on a free port, until /ready: `vlcache-serve` (one SGLang child), or
+    with `workers`, `make serve-router`'s layout (that many SGLang workers behind SMG, the gateway
+    sending each chat's routing key)."""
     from service.sglang_process import free_port
     from testkit import wait_until_ready
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port)], start_new_session=True)
+    command = ["service.cli"] if workers is None else ["service.router_launch", "--workers", str(workers)]
+    proc = subprocess.Popen([sys.executable, "-m", *command, "--port", str(port)], start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(
@@ -110,13 +114,14 @@ def local_service(timeout_s: float = 600.0):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running gateway (default: start one)")
+    parser.add_argument("--workers", type=int, help="start N workers behind SMG (default: one vlcache-serve)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--spawn-rate", type=float, default=2)
     parser.add_argument("--duration", default="60s", help="Locust's -t: 60s, 5m, ...")
     args, locust_extra = parser.parse_known_args(argv)  # the rest (e.g. --vl-mix) goes to Locust
 
-    with contextlib.nullcontext(args.url) if args.url else local_service() as url:
+    with contextlib.nullcontext(args.url) if args.url else local_service(args.workers) as url:
         rc = run_locust(url, args.out, args.users, args.spawn_rate, args.duration, locust_extra)
     from loadtest.plot import plot
 
