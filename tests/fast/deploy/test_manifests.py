@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from deploy_tools import OVERLAYS, objects, one, tool
 
+from service.router_launch import RouterConfig
 from service.routing_key import ROUTING_KEY_HEADER
 
 KUBERNETES_VERSION = "1.33.0"
@@ -117,6 +118,10 @@ def test_router_component_points_the_gateway_at_the_router_and_opens_the_engine_
     assert "--sticky-sessions" in args
     assert args[args.index("--routing-key-headers") + 1] == gateway_config["VLCACHE_ROUTING_KEY_HEADER"]
     assert gateway_config["VLCACHE_ROUTING_KEY_HEADER"] == ROUTING_KEY_HEADER
+    # the health checks the integration tier runs (service/router_launch.py): a busy CPU worker stays in
+    tested = RouterConfig(["http://w:1"], "/m").argv()
+    for flag in ("--health-check-timeout-secs", "--health-failure-threshold", "--health-success-threshold"):
+        assert args[args.index(flag) + 1] == tested[tested.index(flag) + 1], flag
     # SMG's Prometheus series are scraped like the gateway's: Service port -> container port -> flag
     service = one(docs, "Service", "vlcache-router")
     monitor = one(docs, "ServiceMonitor", "vlcache-router")
