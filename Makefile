@@ -44,7 +44,7 @@ test: install install-tools lint  ## the linter, then the whole suite: fast tier
 	@$(PY) -m pytest $(DURATIONS) $(PYTEST_ARGS); rc=$$?; [ -z "$(PYTEST_RC_FILE)" ] || echo $$rc > "$(PYTEST_RC_FILE)"; exit $$rc
 
 .PHONY: train-model accuracy
-train-model: install  ## retrain the embedded grid-VQA model into models/grid-vqa/ (2-core CPU, ~35 min)
+train-model: install  ## retrain the embedded grid-VQA model into models/grid-vqa/ (~35 min on the measuring machine, bench/README.md)
 	@$(PY) tools/train_grid_vqa.py
 
 accuracy: install  ## accuracy vs KV budget per policy through SGLang + plugin, and the cache-hit-rate diagnostic (~25 min: about 24 questions/s, 30k at the defaults)
