@@ -66,6 +66,8 @@ class SGLangServerConfig:
             "--context-length", str(self.context_length),
             "--max-total-tokens", str(self.max_total_tokens),
             "--max-running-requests", str(self.max_running_requests),
+            # every server here serves images: SGLang leaves Gemma 3's vision off unless asked
+            "--enable-multimodal",
         ]  # fmt: skip
         if not self.server_warmup:
             args += ["--skip-server-warmup"]

@@ -7,6 +7,8 @@ Contract:
 - VL-Cache options (resolved by `service.vl_cache`) travel as
   `sampling_params.custom_params = {"vl_cache": {...}}`, which SGLang hands to the scheduler
   untouched, where the plugin reads them; with none, the key is absent and SGLang behaves as stock;
+- `modalities` is `["multi-images"]` with more than one image: SGLang's original-format LLaVA processor
+  otherwise takes only the first image (sglang/srt/multimodal/processors/llava.py); others ignore it;
 - `rid` is the gateway's request id, so the gateway can `/abort_request` it.
 """
 
@@ -65,6 +67,11 @@ def sampling_params(options: SamplingOptions, vl_cache: dict | None) -> dict:
     return params
 
 
+def modalities(num_images: int) -> dict:
+    """The `modalities` field of a `/generate` body with `num_images` images (see the module docstring)."""
+    return {"modalities": ["multi-images"]} if num_images > 1 else {}
+
+
 def generate_payload(
     options: SamplingOptions, vl_cache: dict | None, media: PreparedMedia, prompt: str, rid: str
 ) -> dict:
@@ -73,6 +80,7 @@ def generate_payload(
     payload: dict = {"rid": rid, "text": prompt, "sampling_params": sampling_params(options, vl_cache)}
     if media.images:
         payload["image_data"] = [image.data_url() for image in media.images]
+        payload |= modalities(len(media.images))
     if media.videos:
         payload["video_data"] = [video.data_url() for video in media.videos]
     return payload

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from radix_ext.policy import LayerStats, Policy, PromptLayout, check_budget, get_policy, merge_layer_stats
+from radix_ext.policy.layout import visual_spans_from_ids
 from radix_ext.sglang.config import REQUEST_KEY, REUSE_MODES, VLCacheDefaults
 
 
@@ -110,14 +111,21 @@ def parse_request_options(custom_params: dict | None, defaults: VLCacheDefaults)
 
 
 def prompt_layout_of(req) -> PromptLayout:
-    """Visual spans from the request's multimodal items (`offsets` are inclusive `(start, end)` pairs)."""
+    """Visual spans from the request's multimodal items (`offsets` are inclusive `(start, end)` pairs).
+    An item without offsets (original-format LLaVA pads the prompt in the model's own `pad_input_ids`
+    and records none) is found as the runs of its pad values in the padded prompt."""
     m = len(req.origin_input_ids)
     spans = []
     mm = getattr(req, "multimodal_inputs", None)
+    unplaced = set()
     for item in mm.mm_items if mm is not None else []:
+        if not item.offsets:
+            unplaced |= {v for v in (item.pad_value, *(item.pad_values or ())) if v is not None}
         for start, end in item.offsets or []:
             if start < m:
                 spans.append((int(start), min(int(end) + 1, m)))
+    if unplaced:
+        spans += visual_spans_from_ids(list(req.origin_input_ids), unplaced)
     return PromptLayout(m, _merge_touching(spans))
 
 

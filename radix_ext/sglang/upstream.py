@@ -206,7 +206,7 @@ FIELDS = (
     Fields(f"{_BATCH}.ReqKvInfo", ("req_pool_idx", "cache_protected_len", "cache_inserted_len"), "read/write"),
     Fields("sglang.srt.sampling.sampling_params.SamplingParams", ("custom_params", "beam_width")),
     Fields(f"{_BATCH}.MultimodalInputs", ("mm_items",)),
-    Fields(f"{_BATCH}.MultimodalDataItem", ("offsets",)),
+    Fields(f"{_BATCH}.MultimodalDataItem", ("offsets", "pad_value", "pad_values")),
     Fields("sglang.srt.managers.io_struct.GetInternalStateReqOutput", ("internal_state",), "read/write"),
     Fields("sglang.srt.mem_cache.registry.TreeCacheBuildContext", _BUILD_CTX),
     Fields("sglang.srt.mem_cache.cache_init_params.CacheInitParams", ("token_to_kv_pool_allocator",)),

@@ -69,6 +69,7 @@ class Family:
     build: Callable[[Path, FamilySpec], Path]
     image_marker: str = "<|vision_start|><|image_pad|><|vision_end|>"  # what the chat template writes per image
     version: int = 1  # bumped when the builder's output changes for the same spec
+    dtype: str = "float32"  # what SGLang serves it in (--dtype)
 
     def stamp(self, spec: FamilySpec) -> dict:
         return {"family": self.name, "version": self.version, "spec": asdict(spec)}
@@ -80,3 +81,13 @@ def patch_config(path: Path, **top_level) -> None:
     cfg = json.loads(path.read_text())
     cfg.update(top_level)
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def rename_weights(path: Path, old_prefix: str, new_prefix: str) -> None:
+    """Rename the keys of a saved single-file safetensors checkpoint that start with `old_prefix`: where
+    transformers 5 saves its own module layout and SGLang 0.5.23 loads the released checkpoints' names."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path)
+    renamed = {(new_prefix + k[len(old_prefix) :] if k.startswith(old_prefix) else k): v for k, v in weights.items()}
+    save_file(renamed, str(path), metadata={"format": "pt"})

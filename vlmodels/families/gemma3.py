@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmodels.families.base import Family, FamilySpec
+from vlmodels.families.base import Family, FamilySpec, rename_weights
 from vlmodels.tiny_qwen2vl import TRAINING_TEXT, train_tokenizer, write_model_folder
 
 BOI, EOI, IMAGE_TOKEN = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
@@ -70,10 +70,13 @@ def build_gemma3(out_dir: Path, spec: FamilySpec) -> Path:
     def write(folder: Path) -> None:
         model.save_pretrained(folder, safe_serialization=True)
         processor.save_pretrained(folder)
+        # Google's checkpoints (and SGLang's SiglipVisionModel) keep the tower under `vision_model`
+        rename_weights(folder / "model.safetensors", "vision_tower.", "vision_tower.vision_model.")
 
     return write_model_folder(out_dir, write, GEMMA3.stamp(spec))
 
 
 GEMMA3 = Family(
-    "gemma3", "Gemma 3", "Gemma3ForConditionalGeneration", "HF", lambda o, s: build_gemma3(o, s), image_marker=BOI
-)
+    "gemma3", "Gemma 3", "Gemma3ForConditionalGeneration", "HF", lambda o, s: build_gemma3(o, s),
+    image_marker=BOI, version=2,
+)  # fmt: skip

@@ -16,6 +16,9 @@ IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN)
 IMAGE_SIZE, PATCH = 112, 14  # one tile = 8 x 8 = 64 tokens
 TOWER = "siglip-vision-tower"
+# SGLang 0.5.23 loads a tower named by path in float16 whatever --dtype says (llava.py load_weights), and
+# its projector then fails on a float32 LM ("expected m1 and m2 to have the same dtype"): serve in float16.
+TOWER_DTYPE = "float16"
 
 # Qwen's chat form with LLaVA's one <image> per image (SGLang pads it to the image's tokens).
 CHAT_TEMPLATE = (
@@ -73,6 +76,9 @@ def build_llava_onevision(out_dir: Path, spec: FamilySpec) -> Path:
     weights["model.image_newline"] = torch.randn(spec.hidden_size) * spec.initializer_range
     pinpoints = [[IMAGE_SIZE * a, IMAGE_SIZE * b] for a in (1, 2, 3) for b in (1, 2, 3)]
     config = text | {
+        "hidden_act": "silu",  # written out as lmms-lab's configs do: SGLang reads them from the top level
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
         "architectures": ["LlavaQwenForCausalLM"],
         "model_type": "llava",
         "torch_dtype": "float32",
@@ -101,5 +107,6 @@ def build_llava_onevision(out_dir: Path, spec: FamilySpec) -> Path:
 
 LLAVA_ONEVISION = Family(
     "llava_onevision", "LLaVA-OneVision", "LlavaQwenForCausalLM", "original LLaVA (Qwen2 LM, SigLIP tower by path)",
-    lambda o, s: build_llava_onevision(o, s), image_marker=IMAGE_TOKEN,
+    lambda o, s: build_llava_onevision(o, s), image_marker=IMAGE_TOKEN, version=2,
+    dtype=TOWER_DTYPE,
 )  # fmt: skip

@@ -52,7 +52,7 @@ def test_plain_completion_shape_and_translation(make_client, fake):
         in payload["text"]
     )
     assert payload["text"].endswith("<|im_start|>assistant\n")
-    assert payload["image_data"][0].startswith("data:image/png;base64,")
+    assert payload["image_data"][0].startswith("data:image/png;base64,") and "modalities" not in payload  # one image
     assert payload["video_data"][0].startswith("data:video/mp4;base64,")
     assert payload["sampling_params"] == {
         "max_new_tokens": 8, "temperature": 0.5, "top_p": 0.9, "sampling_seed": 7, "stop": ["END"],

@@ -40,6 +40,7 @@ def test_images_and_video_become_one_user_turn(make_client, fake):
         "<|vision_start|><|image_pad|><|vision_end|>" * 2 + "<|vision_start|><|video_pad|><|vision_end|>What changed?"
     ) in payload["text"]
     assert len(payload["image_data"]) == 2 and len(payload["video_data"]) == 1
+    assert payload["modalities"] == ["multi-images"]  # else original-format LLaVA sees the first image only
     assert payload["sampling_params"] == {
         "max_new_tokens": 5, "temperature": 0.0, "sampling_seed": 3,
         "custom_params": {"vl_cache": {"policy": "vlcache", "budget": 0.25}},

@@ -10,10 +10,10 @@ from tests.integration.conftest import assert_slot_accounting_intact
 
 
 @contextlib.contextmanager
-def stock_and_plugin(model_dir, log_dir):
+def stock_and_plugin(model_dir, log_dir, dtype="float32"):
     """(stock, plugin) healthy servers on `model_dir`; the plugin chunks prefill at 128 tokens so image
     prompts span several chunks. Both logs' tails are printed if anything fails."""
-    common = dict(model_path=str(model_dir), max_running_requests=4, max_total_tokens=16384)
+    common = dict(model_path=str(model_dir), dtype=dtype, max_running_requests=4, max_total_tokens=16384)
     configs = {
         "stock": SGLangServerConfig(port=free_port(), kv_compression=False, **common),
         "plugin": SGLangServerConfig(port=free_port(), extra_args=["--chunked-prefill-size", "128"], **common),
@@ -38,11 +38,11 @@ def stock_and_plugin(model_dir, log_dir):
 @pytest.fixture(scope="module")
 def family_clients(request, tmp_path_factory):
     """`(name, model_dir, stock client, plugin client)` for the family the test is parametrised with."""
-    from vlmodels.families import ensure_family
+    from vlmodels.families import FAMILIES, ensure_family
 
     name = request.param
     model_dir = ensure_family(name)
-    with stock_and_plugin(model_dir, tmp_path_factory.mktemp(name)) as (stock, plugin):
+    with stock_and_plugin(model_dir, tmp_path_factory.mktemp(name), FAMILIES[name].dtype) as (stock, plugin):
         timeout = httpx.Timeout(120.0)
         with (
             httpx.Client(base_url=stock.url, timeout=timeout) as s,

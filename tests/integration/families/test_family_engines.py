@@ -4,6 +4,7 @@ budget 0.1 finds the visual spans, keeps a budgeted number of tokens per layer a
 
 import pytest
 
+from service.media.visual_tokens import VisualTokenCost
 from testkit import make_image
 from tests.integration.sglang.test_logprob_parity import UNCOMPRESSED_ATOL, generate_with_logprobs, max_abs_diff
 from tests.integration.sglang.test_vlcache_plugin import body, chat_prompt, pool_state, report_of
@@ -12,50 +13,62 @@ IMAGES = [make_image((448, 448), (200, 30, 30)), make_image((224, 336), (20, 120
 MAX_NEW_TOKENS = 8
 BUDGET = 0.1
 
-# The test matrix: one entry per family (xfail entries say exactly why SGLang's CPU engine fails). Gemma 3 and
-# LLaVA-OneVision builds exist (vlmodels/families/) but have not run on the engine yet: not listed until they have.
+# The test matrix: one entry per family (xfail entries say exactly why SGLang's CPU engine fails).
 MATRIX = [
     pytest.param("qwen2_5_vl", id="qwen2_5_vl"),
     pytest.param("qwen3_vl", id="qwen3_vl"),
+    pytest.param("gemma3", id="gemma3"),
+    pytest.param("llava_onevision", id="llava_onevision"),
 ]
 
 pytestmark = pytest.mark.parametrize("family_clients", MATRIX, indirect=True)
 
 
-def _prompt_and_visual_tokens(model_dir):
-    """The chat prompt of two images and a question, and how many visual tokens the family's own
-    processor expands them to (what SGLang's prompt must hold)."""
+def _prompt(model_dir):
+    from transformers import AutoProcessor
+
+    return chat_prompt(AutoProcessor.from_pretrained(model_dir), ["image", "image"])
+
+
+def _visual_tokens(model_dir, prompt, engine_prompt_tokens):
+    """How many visual tokens the two images take in SGLang's prompt: what the family's own processor
+    expands them to, or, where SGLang's model code pads the prompt itself (original LLaVA's anyres), the
+    engine's prompt length less the text's tokens (each image's one placeholder replaced)."""
     from transformers import AutoConfig, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(model_dir)
-    prompt = chat_prompt(processor, ["image", "image"])
+    if VisualTokenCost.from_model_dir(model_dir).engine_counts:
+        return engine_prompt_tokens - (len(processor.tokenizer(prompt)["input_ids"]) - len(IMAGES))
     ids = processor(text=[prompt], images=IMAGES, return_tensors="pt")["input_ids"][0]
-    return prompt, int((ids == AutoConfig.from_pretrained(model_dir).image_token_id).sum())
+    return int((ids == AutoConfig.from_pretrained(model_dir).image_token_id).sum())
 
 
 def test_full_is_stock_sglang_in_tokens_and_logprobs(family_clients):
     _, model_dir, stock_client, plugin_client = family_clients
-    prompt, _ = _prompt_and_visual_tokens(model_dir)
+    prompt = _prompt(model_dir)
     stock, stock_lp = generate_with_logprobs(
         stock_client, body(prompt, IMAGES, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True)
     )
     ours, our_lp = generate_with_logprobs(
         plugin_client, body(prompt, IMAGES, {"policy": "full"}, MAX_NEW_TOKENS, ignore_eos=True)
     )  # random weights may pick EOS early: compare every one of the MAX_NEW_TOKENS steps
-    assert not report_of(ours)["compressed"]
+    visual = _visual_tokens(model_dir, prompt, stock["meta_info"]["prompt_tokens"])
+    assert not report_of(ours)["compressed"] and report_of(ours)["visual_tokens"] == visual > 0  # images seen
     assert ours["output_ids"] == stock["output_ids"] and len(stock["output_ids"]) == MAX_NEW_TOKENS
     assert max_abs_diff(our_lp, stock_lp) <= UNCOMPRESSED_ATOL
 
 
 def test_vlcache_compresses_two_images(family_clients):
     _, model_dir, _, plugin_client = family_clients
-    prompt, visual = _prompt_and_visual_tokens(model_dir)
+    prompt = _prompt(model_dir)
     assert plugin_client.post("/flush_cache").status_code == 200  # nothing cached: every prompt slot is owned
     vl = {"policy": "vlcache", "budget": BUDGET, "reuse": "off"}
     report = report_of(generate_with_logprobs(plugin_client, body(prompt, IMAGES, vl, MAX_NEW_TOKENS))[0])
     layers = len(report["kept_tokens_per_layer"])
     assert report["compressed"], report.get("reason")
-    assert report["visual_tokens"] == visual > 0  # the visual spans were found, all of them
+    assert (
+        report["visual_tokens"] == _visual_tokens(model_dir, prompt, report["prompt_tokens"]) > 0
+    )  # the visual spans were found, all of them
     assert layers >= 2 and all(0 < k < report["prompt_tokens"] for k in report["kept_tokens_per_layer"])
     assert abs(report["realized_budget"] - BUDGET) <= 0.005
     freed = [report["prompt_tokens"] - k for k in report["kept_tokens_per_layer"]]

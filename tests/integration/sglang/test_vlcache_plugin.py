@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from service.sglang_process import SGLangServerConfig, free_port
+from service.sglang_request import modalities
 from testkit import flush_when_idle, make_image, mp4_data_url, png_data_url
 from tests.integration.conftest import running_sglang
 
@@ -33,6 +34,7 @@ def body(prompt, images=(), vl=None, max_new_tokens=16, videos=(), **sampling):
     out = {"text": prompt, "sampling_params": params}
     if images:
         out["image_data"] = [png_data_url(img) for img in images]
+        out |= modalities(len(images))
     if videos:
         out["video_data"] = list(videos)
     return out
