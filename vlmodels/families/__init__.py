@@ -11,11 +11,11 @@ from pathlib import Path
 
 from vlmodels.families.base import Family, FamilySpec
 from vlmodels.families.gemma3 import GEMMA3
-from vlmodels.families.llava import LLAVA_ONEVISION
+from vlmodels.families.llava import LLAVA_NEXT, LLAVA_ONEVISION
 from vlmodels.families.qwen import QWEN2_5_VL, QWEN3_VL
 from vlmodels.tiny_qwen2vl import default_cache_dir, is_built
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL, GEMMA3, LLAVA_ONEVISION)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL, GEMMA3, LLAVA_ONEVISION, LLAVA_NEXT)}
 DEFAULT_SPEC = FamilySpec()
 
 

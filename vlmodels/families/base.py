@@ -48,8 +48,8 @@ class FamilySpec:
             initializer_range=self.initializer_range,
         )
 
-    def siglip_sizes(self, num_layers: int) -> dict:
-        """A SigLIP vision tower's size fields (Gemma 3, LLaVA-OneVision)."""
+    def vit_sizes(self, num_layers: int) -> dict:
+        """A ViT vision tower's size fields, as SigLIP and CLIP name them (Gemma 3, LLaVA)."""
         return dict(
             hidden_size=self.vision_hidden_size,
             intermediate_size=2 * self.vision_hidden_size,

@@ -49,7 +49,7 @@ def build_gemma3(out_dir: Path, spec: FamilySpec) -> Path:
         eos_token_id=ids["<end_of_turn>"],
         bos_token_id=ids["<bos>"],
     )
-    vision = spec.siglip_sizes(spec.vision_depth) | dict(
+    vision = spec.vit_sizes(spec.vision_depth) | dict(
         image_size=IMAGE_SIZE,
         patch_size=PATCH,
         vision_use_head=False,

@@ -19,6 +19,7 @@ MATRIX = [
     pytest.param("qwen3_vl", id="qwen3_vl"),
     pytest.param("gemma3", id="gemma3"),
     pytest.param("llava_onevision", id="llava_onevision"),
+    pytest.param("llava_next", id="llava_next"),
 ]
 
 pytestmark = pytest.mark.parametrize("family_clients", MATRIX, indirect=True)
