@@ -44,9 +44,23 @@ def copy_all_layer_kv_cache_cpu(
             ctypes.memmove(ptr + tgt * stride, ptr + src * stride, stride)
 
 
+def fused_qk_norm_cpu(
+    q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float
+) -> None:
+    """In place, RMSNorm over each head of `q` and `k` (`[tokens, heads * head_dim]`, head rows dense), as
+    SGLang's `RMSNorm.forward_native` computes it. SGLang takes this path (models/utils.py `apply_qk_norm`:
+    Qwen3's q/k norms) for bf16 and fp16 on CPU whenever the op resolves, which every `*_cpu` name does here."""
+    for x, weight in ((q, q_weight), (k, k_weight)):
+        heads = x.view(x.shape[0], -1, weight.numel())
+        h = heads.float()
+        h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps)
+        heads.copy_((h * weight).to(x.dtype))
+
+
 _IMPLEMENTED = {
     "assign_req_to_token_pool_cpu": assign_req_to_token_pool_cpu,
     "copy_all_layer_kv_cache_cpu": copy_all_layer_kv_cache_cpu,
+    "fused_qk_norm_cpu": fused_qk_norm_cpu,
 }
 
 

@@ -27,10 +27,11 @@ class FamilySpec:
     max_visual_tokens_per_image: int = 256
     min_visual_tokens_per_image: int = 4
     initializer_range: float = 0.1  # larger than 0.02 so random attention is not near-uniform
+    attention_head_dim: int = 0  # 0: hidden_size / num_heads; else a real model's head size over a small width
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.attention_head_dim or self.hidden_size // self.num_heads
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -46,7 +47,7 @@ class FamilySpec:
             num_key_value_heads=self.num_kv_heads,
             max_position_embeddings=self.context_length,
             initializer_range=self.initializer_range,
-        )
+        ) | ({"head_dim": self.attention_head_dim} if self.attention_head_dim else {})
 
     def vit_sizes(self, num_layers: int) -> dict:
         """A ViT vision tower's size fields, as SigLIP and CLIP name them (Gemma 3, LLaVA)."""

@@ -54,6 +54,21 @@ def test_copy_all_layer_kv_cache_moves_slots_in_every_buffer():
         assert torch.equal(got, want)
 
 
+def test_fused_qk_norm_normalises_each_head_of_q_and_k_in_place_as_rmsnorm():
+    from sglang.srt.layers.layernorm import RMSNorm
+
+    qkv = torch.randn(5, (4 + 2 + 2) * 16, dtype=torch.bfloat16)
+    q, k = qkv[:, : 4 * 16], qkv[:, 4 * 16 : 6 * 16]  # strided views into qkv, as SGLang passes them
+    q_norm, k_norm = RMSNorm(16, eps=1e-6), RMSNorm(16, eps=1e-6)
+    q_norm.weight.data, k_norm.weight.data = torch.rand(16) + 0.5, torch.rand(16) + 0.5
+    want_q = q_norm.forward_native(q.reshape(-1, 16)).view(5, -1)
+    want_k = k_norm.forward_native(k.reshape(-1, 16)).view(5, -1)
+    v_before = qkv[:, 6 * 16 :].clone()
+    torch.ops.sgl_kernel.fused_qk_norm_cpu(q, k, q_norm.weight, k_norm.weight, 1e-6)
+    assert torch.equal(q, want_q.to(q.dtype)) and torch.equal(k, want_k.to(k.dtype))
+    assert torch.equal(qkv[:, 6 * 16 :], v_before)
+
+
 def test_unknown_cpu_kernels_fail_loudly_when_called():
     import sgl_kernel
     from sgl_kernel import fused_sigmoid_mul_cpu  # resolvable at import, as SGLang's model files need
