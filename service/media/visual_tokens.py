@@ -11,7 +11,9 @@ costing the scheduler its memory. The figures follow the model's own processing:
   px per frame, max `768 x 28 x 28` and a total budget over the frames), then by the video
   processor's own bounds, and costs `(n / 2) x (H'/28) x (W'/28)` tokens (frames merge in pairs).
 
-Qwen2.5-VL resizes the same way; Qwen3-VL too with 16-px patches (`factor` 32), read from the folder's
+For a Qwen2-VL folder (`model_type` "qwen2_vl") SGLang's `get_processor` overrides the folder's bounds
+with Qwen2-VL's released `size` (`[3136, 1003520]` px, sglang/srt/utils/hf_transformers/processor.py), for
+images and videos alike: the estimate takes those, as the engine does. Qwen2.5-VL resizes the same way; Qwen3-VL too with 16-px patches (`factor` 32), read from the folder's
 `patch_size` x `merge_size`. A processor that names an `image_seq_length` (Gemma 3) sees every image at
 one size and pools it to that many tokens: the cost of any image (a lower bound when it pans and scans,
 whose extra crops the engine's own context check still bounds). A folder in the original LLaVA format
@@ -35,6 +37,8 @@ DEFAULT_MAX_PIXELS = 28 * 28 * 16384
 VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
 VIDEO_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)
+# What SGLang 0.5.23's get_processor forces on a qwen2_vl folder's image and video processors.
+SGLANG_QWEN2_VL_SIZE = {"shortest_edge": 3136, "longest_edge": 1003520}
 TEMPORAL_PATCH = 2
 
 
@@ -76,7 +80,8 @@ class VisualTokenCost:
     def from_model_dir(cls, path: str | Path) -> VisualTokenCost:
         """From the model folder's `preprocessor_config.json` / `processor_config.json` (defaults if absent)."""
         model_config = Path(path) / "config.json"
-        if model_config.is_file() and "mm_vision_tower" in json.loads(model_config.read_text()):
+        model = json.loads(model_config.read_text()) if model_config.is_file() else {}
+        if "mm_vision_tower" in model:
             return cls(engine_counts=True)
         for name in ("processor_config.json", "preprocessor_config.json"):
             file = Path(path) / name
@@ -87,6 +92,8 @@ class VisualTokenCost:
                 if config.get("image_seq_length"):
                     return cls(fixed_image_tokens=int(config["image_seq_length"]))
                 factor = int(image.get("patch_size", 14)) * int(image.get("merge_size", 2))
+                if model.get("model_type") == "qwen2_vl":
+                    image = video = {"size": SGLANG_QWEN2_VL_SIZE}
                 (i_low, i_high), (v_low, v_high) = _bounds(image), _bounds(video)
                 return cls(factor, i_low, i_high, v_low, v_high)
         return cls()

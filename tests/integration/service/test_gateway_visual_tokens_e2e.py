@@ -35,3 +35,13 @@ def test_over_the_bound_is_413_and_the_server_serves_on(sglang_server):
         ok = http.post("/v1/chat/completions", json=_chat((448, 448)))
         assert ok.status_code == 200, ok.text
         assert ok.json()["usage"]["prompt_tokens_details"]["image_tokens"] == 256  # SGLang counted what we computed
+
+
+def test_estimate_equals_the_engines_count_over_the_folders_max_pixels(gateway, tiny_model_dir):
+    """640 x 480 is over the tiny Qwen2-VL's max_pixels (448 x 448): the bound counts what SGLang counts."""
+    from service.media.visual_tokens import VisualTokenCost
+
+    resp = httpx.post(f"{gateway}/v1/chat/completions", json=_chat((640, 480)), timeout=120)
+    assert resp.status_code == 200, resp.text
+    engine = resp.json()["usage"]["prompt_tokens_details"]["image_tokens"]
+    assert engine == VisualTokenCost.from_model_dir(tiny_model_dir).image(640, 480)
