@@ -25,22 +25,22 @@ MATRIX = [
 pytestmark = pytest.mark.parametrize("family_clients", MATRIX, indirect=True)
 
 
-def _prompt(model_dir):
+def _prompt(model_dir, images=IMAGES):
     from transformers import AutoProcessor
 
-    return chat_prompt(AutoProcessor.from_pretrained(model_dir), ["image", "image"])
+    return chat_prompt(AutoProcessor.from_pretrained(model_dir), ["image"] * len(images))
 
 
-def _visual_tokens(model_dir, prompt, engine_prompt_tokens):
-    """How many visual tokens the two images take in SGLang's prompt: what the family's own processor
+def _visual_tokens(model_dir, prompt, engine_prompt_tokens, images=IMAGES):
+    """How many visual tokens the images take in SGLang's prompt: what the family's own processor
     expands them to, or, where SGLang's model code pads the prompt itself (original LLaVA's anyres), the
     engine's prompt length less the text's tokens (each image's one placeholder replaced)."""
     from transformers import AutoConfig, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(model_dir)
     if VisualTokenCost.from_model_dir(model_dir).engine_counts:
-        return engine_prompt_tokens - (len(processor.tokenizer(prompt)["input_ids"]) - len(IMAGES))
-    ids = processor(text=[prompt], images=IMAGES, return_tensors="pt")["input_ids"][0]
+        return engine_prompt_tokens - (len(processor.tokenizer(prompt)["input_ids"]) - len(images))
+    ids = processor(text=[prompt], images=images, return_tensors="pt")["input_ids"][0]
     return int((ids == AutoConfig.from_pretrained(model_dir).image_token_id).sum())
 
 
@@ -59,16 +59,18 @@ def test_full_is_stock_sglang_in_tokens_and_logprobs(family_clients):
     assert max_abs_diff(our_lp, stock_lp) <= UNCOMPRESSED_ATOL
 
 
-def test_vlcache_compresses_two_images(family_clients):
+# One image alone: original-format LLaVA tiles it (anyres), two or more are one tile each.
+@pytest.mark.parametrize("images", [IMAGES, IMAGES[:1]], ids=["two_images", "one_image"])
+def test_vlcache_compresses(family_clients, images):
     _, model_dir, _, plugin_client = family_clients
-    prompt = _prompt(model_dir)
+    prompt = _prompt(model_dir, images)
     assert plugin_client.post("/flush_cache").status_code == 200  # nothing cached: every prompt slot is owned
     vl = {"policy": "vlcache", "budget": BUDGET, "reuse": "off"}
-    report = report_of(generate_with_logprobs(plugin_client, body(prompt, IMAGES, vl, MAX_NEW_TOKENS))[0])
+    report = report_of(generate_with_logprobs(plugin_client, body(prompt, images, vl, MAX_NEW_TOKENS))[0])
     layers = len(report["kept_tokens_per_layer"])
     assert report["compressed"], report.get("reason")
     assert (
-        report["visual_tokens"] == _visual_tokens(model_dir, prompt, report["prompt_tokens"]) > 0
+        report["visual_tokens"] == _visual_tokens(model_dir, prompt, report["prompt_tokens"], images) > 0
     )  # the visual spans were found, all of them
     assert layers >= 2 and all(0 < k < report["prompt_tokens"] for k in report["kept_tokens_per_layer"])
     assert abs(report["realized_budget"] - BUDGET) <= 0.005
