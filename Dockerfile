@@ -1,6 +1,6 @@
 # vlcache-serve images, two targets (README "Deploy"):
 #   docker build --target gpu -t vlcache-serve:gpu .   # SGLang 0.5.23 + CUDA deps + the plugin; mount a model
-#   docker build --target cpu -t vlcache-serve:cpu .   # the CPU lock, the embedded tiny model built in
+#   docker build --target cpu -t vlcache-serve:cpu .   # the CPU lock, the embedded grid-VQA model (models/grid-vqa) copied in
 # Both: non-root (uid 10001), no compilers or pip caches in the final stage, a HEALTHCHECK on the
 # gateway's /health, the venv at /opt/venv on PATH. Linted by hadolint in `make test`
 # (tests/fast/deploy); never built in CI (no container engine there).

@@ -238,8 +238,8 @@ def _multiturn_designs(budget: float) -> dict[str, str]:
     return {
         "stock": "stock",
         "full": "full",
-        "lazy": f"lazy (vlcache {b}, default)",
-        "compressed": f"**compressed** (vlcache {b})",
+        "lazy": f"lazy (vlcache {b})",
+        "compressed": f"**compressed** (vlcache {b}, default)",
         "off": f"off (vlcache {b})",
         "snap-lazy": f"lazy, snapkv {b}",
         "stream-lazy": f"lazy, streamingllm {b}",

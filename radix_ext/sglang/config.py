@@ -3,13 +3,15 @@
 `VLCACHE_POLICY` (default `vlcache`), `VLCACHE_BUDGET` (default 0.1), `VLCACHE_POLICY_OPTIONS` (a JSON
 object of policy options), `VLCACHE_LOGICAL_SLOTS_FACTOR` (logical slots per physical slot, default 4:
 logical slots are cheap indices; compressed requests keep theirs while freeing physical ones),
-`VLCACHE_REUSE` (what a compressed request leaves for a follow-up turn, `lazy`, `compressed` or `off`,
-default `lazy`: see `docs/multiturn.md`). A request overrides policy, budget, options and reuse with
+`VLCACHE_REUSE` (what a compressed request leaves for a follow-up turn, `lazy`, `compressed` or `off`;
+unset: `compressed` on the torch-native backend, `lazy` on the Triton one, which cannot read a partly
+held prefix yet: see `docs/multiturn.md`). A request overrides policy, budget, options and reuse with
 `custom_params: {"vl_cache": {...}}`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -33,7 +35,14 @@ class VLCacheDefaults:
     budget: float = 0.1
     options: dict = field(default_factory=dict)
     logical_slots_factor: int = 4
-    reuse: str = "lazy"
+    reuse: str | None = None  # None: `default_reuse(attention_backend)`
+
+    def resolved_for(self, attention_backend: str) -> VLCacheDefaults:
+        """These defaults with `reuse` set: `compressed` (a follow-up prefills only its new text, over
+        the turn's compressed KV) where the attention backend reads it, else `lazy`."""
+        if self.reuse is not None:
+            return self
+        return dataclasses.replace(self, reuse="compressed" if attention_backend == ATTENTION_BACKEND else "lazy")
 
     @classmethod
     def from_env(cls, environ=os.environ) -> VLCacheDefaults:

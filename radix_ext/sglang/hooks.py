@@ -153,7 +153,7 @@ def plan_request(scheduler, req, *args, **kwargs):
         return None
     pool = scheduler.token_to_kv_pool_allocator.get_kvcache()
     try:
-        plan = make_plan(req, server_defaults())
+        plan = make_plan(req, server_defaults().resolved_for(scheduler.server_args.attention_backend))
     except (ValueError, TypeError) as error:  # options come from clients: never let them reach the forward
         req.set_finish_with_abort(f"invalid {REQUEST_KEY} options: {error}")
         return None

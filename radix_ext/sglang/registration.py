@@ -114,7 +114,7 @@ def _check_defaults() -> None:
     from radix_ext.sglang.config import REUSE_MODES, server_defaults
 
     defaults = server_defaults()
-    if defaults.reuse not in REUSE_MODES:
+    if defaults.reuse not in (None, *REUSE_MODES):  # None: per attention backend (`resolved_for`)
         raise ValueError(f"VLCACHE_REUSE must be one of {list(REUSE_MODES)}, got {defaults.reuse!r}")
     get_policy(defaults.policy, **defaults.options)
     check_budget(defaults.budget)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from radix_ext.sglang.config import VLCacheDefaults
+from radix_ext.sglang.config import ATTENTION_BACKEND, TRITON_ATTENTION_BACKEND, VLCacheDefaults
 from radix_ext.sglang.request_plan import parse_request_options
 
 DEFAULTS = VLCacheDefaults(policy="vlcache", budget=0.1, options={"window_fraction": 0.2}, reuse="lazy")
@@ -52,6 +52,8 @@ def test_a_non_object_is_refused():
         parse_request_options({"vl_cache": "vlcache"}, DEFAULTS)
 
 
-def test_the_reuse_default_comes_from_the_environment():
-    assert VLCacheDefaults.from_env({"VLCACHE_REUSE": "off"}).reuse == "off"
-    assert VLCacheDefaults.from_env({}).reuse == "lazy"
+def test_the_reuse_default_comes_from_the_environment_else_from_the_attention_backend():
+    assert VLCacheDefaults.from_env({"VLCACHE_REUSE": "off"}).resolved_for(TRITON_ATTENTION_BACKEND).reuse == "off"
+    unset = VLCacheDefaults.from_env({})
+    assert unset.resolved_for(ATTENTION_BACKEND).reuse == "compressed"
+    assert unset.resolved_for(TRITON_ATTENTION_BACKEND).reuse == "lazy"  # it cannot read a partly held prefix

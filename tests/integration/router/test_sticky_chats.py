@@ -1,5 +1,5 @@
 """Every turn of a chat lands on one worker when the gateway sends its routing key: 10 three-turn chats
-(one image each, the worker defaults' compression, `reuse: lazy`), run three times on emptied radix
+(one image each, the worker defaults' compression and `reuse`), run three times on emptied radix
 trees: straight to one worker (the reference), through SMG with the key, through SMG without it. With
 the key, the cached tokens of turns 2 and 3 equal the one-worker figures, chat by chat; without it
 (`round_robin` alone) follow-ups land on the worker that never saw the chat and reuse less."""
