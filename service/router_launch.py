@@ -131,9 +131,14 @@ class SMGRouter:
         self.stop()
 
 
-def worker_env(policy: str | None, budget: float | None) -> dict[str, str]:
-    """A worker's server-wide VL-Cache defaults (what requests that name no options get)."""
+def worker_env(policy: str | None, budget: float | None, workers_per_machine: int = 1) -> dict[str, str]:
+    """A worker's server-wide VL-Cache defaults (what requests that name no options get), and its
+    share of this machine's cores: CPU workers side by side that each take every core oversubscribe
+    them (`make bench-scale-out`: two workers at 2 threads each on 2 cores served 0.34x one worker's
+    requests per second, at 1 thread each 1.06x). An `OMP_NUM_THREADS` already set is kept."""
     env = {}
+    if workers_per_machine > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers_per_machine))
     if policy is not None:
         env["VLCACHE_POLICY"] = policy
     if budget is not None:
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     from vlmodels.grid_vqa.spec import embedded_model_dir
 
     model = args.model or str(embedded_model_dir())
-    env = worker_env(args.worker_policy, args.worker_budget)
+    env = worker_env(args.worker_policy, args.worker_budget, args.workers)
     with contextlib.ExitStack() as stack:
         workers = [
             SGLangServer(SGLangServerConfig(model_path=model, port=free_port()), extra_env=env)
