@@ -14,7 +14,9 @@ What holds through it (checked in tests/integration/router):
   its prefix KV is. Requests without the header follow `--policy` (`round_robin` by default;
   `cache_aware` keys on prompt text, in which an image is a placeholder).
 - A dead worker: SMG's health checks (every `health_check_interval_s`) take it out and put it back
-  when it answers again; requests in flight on it fail (the gateway answers 502/503 JSON).
+  when it answers again. A request it had not started answering is retried on another worker by
+  SMG; a stream that had already sent tokens ends with the gateway's in-band error event.
+- Each worker gets cores / workers threads (`worker_env`).
 - Prometheus: SMG's `smg_*` series on `prometheus_port` (bound to `host`, never 0.0.0.0 here).
 """
 
