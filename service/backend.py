@@ -2,8 +2,9 @@
 
 Endpoints used (SGLang 0.5.23): `POST /generate` (plain and `stream: true`, Server-Sent Events whose
 every chunk carries `meta_info`), `POST /abort_request` (`{"rid": ...}`), `GET /health`,
-`GET /model_info`, `GET /server_info` (through SMG: `/get_model_info`, `/get_server_info`), `GET /v1/loads`
-(not served through SMG: the pool gauges then stay unset; SMG exports its own per-worker load).
+`GET /model_info`, `GET /server_info`, `GET /v1/loads`. A router in front (SMG 1.13) serves these only
+under SGLang's older names, `/get_model_info`, `/get_server_info`, `/get_loads` (same bodies): each is
+tried on a 4xx.
 
 Error contract: SGLang's answers become `service.errors` exceptions. HTTP 400 (and an in-stream
 `{"error": ...}` event with a 4xx code) -> `InvalidRequest` (the client sent something SGLang refuses,
@@ -150,20 +151,20 @@ class SGLangBackend:
             raise error_from_backend(response.status_code, _error_message(_json_or_text(response)))
         return response.json()
 
-    async def _get_info(self, path: str) -> dict:
+    async def _get_json_or_router(self, path: str, router_path: str, timeout: float = 10.0) -> dict:
         try:
-            return await self._get_json(path)
-        except InvalidRequest:  # a 4xx: a router (SMG 1.13) serves only SGLang's older `/get_<name>` path
-            return await self._get_json(path.replace("/", "/get_", 1))
+            return await self._get_json(path, timeout)
+        except InvalidRequest:  # a 4xx: a router (SMG 1.13) serves only SGLang's older name for it
+            return await self._get_json(router_path, timeout)
 
     async def model_info(self) -> dict:
-        return await self._get_info("/model_info")
+        return await self._get_json_or_router("/model_info", "/get_model_info")
 
     async def server_info(self) -> dict:
-        return await self._get_info("/server_info")
+        return await self._get_json_or_router("/server_info", "/get_server_info")
 
     async def loads(self) -> dict:
-        return await self._get_json("/v1/loads", timeout=3.0)
+        return await self._get_json_or_router("/v1/loads", "/get_loads", timeout=3.0)
 
 
 def _json_or_text(response: httpx.Response) -> object:

@@ -35,7 +35,7 @@ class VLCacheDefaults:
     budget: float = 0.1
     options: dict = field(default_factory=dict)
     logical_slots_factor: int = 4
-    reuse: str | None = None  # None: `default_reuse(attention_backend)`
+    reuse: str | None = None  # None: per attention backend (`resolved_for`)
 
     def resolved_for(self, attention_backend: str) -> VLCacheDefaults:
         """These defaults with `reuse` set: `compressed` (a follow-up prefills only its new text, over

@@ -82,3 +82,5 @@ def test_twelve_mixed_requests_keep_their_own_options_through_smg(router_stack):
         else:
             assert report["compressed"] and report["kv_bytes_kept"] < report["kv_bytes_full"], (i, report)
         assert len(report["kept_tokens_per_layer"]) == len(report["freed_slots_per_layer"])
+    # the gateway's load query reaches the workers through SMG too (its `/get_loads`), so a scrape says up
+    assert "vlcache_backend_up 1.0" in httpx.get(f"{url}/metrics", timeout=30).text
