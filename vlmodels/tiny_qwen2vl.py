@@ -91,7 +91,26 @@ class TinyQwen2VLSpec:
         return self.hidden_size // self.num_heads
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return spec_digest(self)
+
+
+def spec_digest(spec) -> str:
+    """A spec dataclass's hash (it names the build's cache stamp): every field, sorted."""
+    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def text_sizes(spec) -> dict:
+    """The text model's size fields, from a spec with this module's field names (the families' too)."""
+    return dict(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.context_length,
+        initializer_range=spec.initializer_range,
+    )
 
 
 def default_cache_dir() -> Path:
@@ -148,16 +167,8 @@ def _config(spec: TinyQwen2VLSpec, tokenizer):
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(spec.head_dim)}
-    text = dict(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=spec.context_length,
+    text = text_sizes(spec) | dict(
         rms_norm_eps=1e-6,
-        initializer_range=spec.initializer_range,
         rope_parameters=rope,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from vlmodels.tiny_qwen2vl import spec_digest, text_sizes
 
 
 @dataclass(frozen=True)
@@ -34,20 +35,11 @@ class FamilySpec:
         return self.attention_head_dim or self.hidden_size // self.num_heads
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return spec_digest(self)
 
     def text_sizes(self) -> dict:
         """The text model's config fields every family sets the same way (each adds its own)."""
-        return dict(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_kv_heads,
-            max_position_embeddings=self.context_length,
-            initializer_range=self.initializer_range,
-        ) | ({"head_dim": self.attention_head_dim} if self.attention_head_dim else {})
+        return text_sizes(self) | ({"head_dim": self.attention_head_dim} if self.attention_head_dim else {})
 
     def vit_sizes(self, num_layers: int) -> dict:
         """A ViT vision tower's size fields, as SigLIP and CLIP name them (Gemma 3, LLaVA)."""
