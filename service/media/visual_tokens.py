@@ -18,7 +18,9 @@ images and videos alike: the estimate takes those, as the engine does. Qwen2.5-V
 one size and pools it to that many tokens: the cost of any image (a lower bound when it pans and scans,
 whose extra crops the engine's own context check still bounds). A folder in the original LLaVA format
 (`mm_vision_tower` in config.json: SGLang's own anyres tiling decides the count) is not estimated: the
-gateway leaves the bound to the engine's own count (its context-length check).
+gateway leaves the bound to the engine's own count (its context-length check). An InternVL folder
+(`model_type` "internvl_chat") costs SGLang's 448-px tiles (service/media/internvl_tiles.py) times the
+model's tokens per tile, `(force_image_size / patch)^2 x downsample_ratio^2` (SGLang's `num_image_token`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import MediaTooLarge
+from service.media.internvl_tiles import VIDEO_FRAMES, image_tiles
 
 # Qwen2-VL's HF image processor defaults (used when the model folder says nothing).
 DEFAULT_MIN_PIXELS = 56 * 56
@@ -75,6 +78,7 @@ class VisualTokenCost:
     video_max_pixels: int = DEFAULT_MAX_PIXELS
     fixed_image_tokens: int | None = None  # every image costs this many (Gemma 3), whatever its size
     engine_counts: bool = False  # no estimate: the engine's own count bounds the request (original LLaVA)
+    tokens_per_tile: int | None = None  # InternVL: each image costs its tiles times this many
 
     @classmethod
     def from_model_dir(cls, path: str | Path) -> VisualTokenCost:
@@ -83,6 +87,10 @@ class VisualTokenCost:
         model = json.loads(model_config.read_text()) if model_config.is_file() else {}
         if "mm_vision_tower" in model:
             return cls(engine_counts=True)
+        if model.get("model_type") == "internvl_chat":
+            vision = model["vision_config"]
+            side = (model.get("force_image_size") or vision["image_size"]) // vision["patch_size"]
+            return cls(tokens_per_tile=int(side**2 * model["downsample_ratio"] ** 2))
         for name in ("processor_config.json", "preprocessor_config.json"):
             file = Path(path) / name
             if file.is_file():
@@ -101,10 +109,14 @@ class VisualTokenCost:
     def image(self, width: int, height: int) -> int:
         if self.fixed_image_tokens is not None:
             return self.fixed_image_tokens
+        if self.tokens_per_tile is not None:
+            return image_tiles(width, height) * self.tokens_per_tile
         h, w = smart_resize(height, width, self.factor, self.image_min_pixels, self.image_max_pixels)
         return (h // self.factor) * (w // self.factor)
 
     def video(self, frames: int, width: int, height: int) -> int:
+        if self.tokens_per_tile is not None:
+            return VIDEO_FRAMES * self.tokens_per_tile
         max_pixels = max(
             min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / frames * TEMPORAL_PATCH), int(VIDEO_MIN_PIXELS * 1.05)
         )

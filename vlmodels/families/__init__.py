@@ -11,11 +11,12 @@ from pathlib import Path
 
 from vlmodels.families.base import Family, FamilySpec
 from vlmodels.families.gemma3 import GEMMA3
+from vlmodels.families.internvl import INTERNVL
 from vlmodels.families.llava import LLAVA_NEXT, LLAVA_ONEVISION
 from vlmodels.families.qwen import QWEN2_5_VL, QWEN3_VL
 from vlmodels.tiny_qwen2vl import default_cache_dir, is_built
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL, GEMMA3, LLAVA_ONEVISION, LLAVA_NEXT)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL, GEMMA3, LLAVA_ONEVISION, LLAVA_NEXT, INTERNVL)}
 DEFAULT_SPEC = FamilySpec()
 # Qwen3-VL-8B's attention geometry (36 layers, 32 query heads over 8 KV heads of 128) over small widths
 # elsewhere: its KV cache per token and layer is the real model's, its weights stay small. (Qwen2.5-VL

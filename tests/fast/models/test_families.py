@@ -5,10 +5,12 @@ processor makes of an image."""
 import hashlib
 
 import pytest
+import torch
 from PIL import Image
 
 from service.media.visual_tokens import VisualTokenCost
 from vlmodels.families import FAMILIES, FamilySpec, ensure_family
+from vlmodels.families.internvl import IMG_CONTEXT, IMG_END, IMG_START, TOKENS_PER_TILE
 
 NAMES = list(FAMILIES)
 
@@ -42,11 +44,14 @@ def test_chat_template_marks_each_image(family):
     from transformers import AutoProcessor
 
     name, model_dir = family
-    processor = AutoProcessor.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)  # InternVL's folder has none: its tokenizer
+    tokenizer = getattr(processor, "tokenizer", processor)
     content = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Hi"}]
-    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt.count(FAMILIES[name].image_marker) == 2
-    assert processor.tokenizer.unk_token_id not in processor.tokenizer(prompt)["input_ids"]
+    assert tokenizer.unk_token_id not in tokenizer(prompt)["input_ids"]
 
 
 @pytest.mark.parametrize("size", [(448, 448), (224, 336), (640, 480), (1000, 37), (29, 55), (2000, 1500)])
@@ -60,6 +65,17 @@ def test_visual_token_estimate_equals_the_processor(family, size):
     if cost.engine_counts:  # original LLaVA: SGLang's anyres tiling counts, not the HF processor
         assert FAMILIES[name].hf_format.startswith("original LLaVA") and cost.check([], [], 1) == 0
         return
+    if cost.tokens_per_tile is not None:  # InternVL: no HF processor; SGLang's own tiling is the reference
+        from sglang.srt.multimodal.processors.internvl import InternVLProcessor
+
+        tiles = InternVLProcessor.dynamic_preprocess(
+            torch.zeros(3, size[1], size[0]),
+            image_size=448,
+            max_num=InternVLProcessor.IMAGE_MAX_NUM,
+            use_thumbnail=True,
+        )
+        assert cost.image(*size) == tiles.shape[0] * TOKENS_PER_TILE
+        return
     processor = AutoProcessor.from_pretrained(model_dir)
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}], add_generation_prompt=True
@@ -67,3 +83,23 @@ def test_visual_token_estimate_equals_the_processor(family, size):
     ids = processor(text=[prompt], images=[Image.new("RGB", size)], return_tensors="pt")["input_ids"][0]
     expected = int((ids == AutoConfig.from_pretrained(model_dir).image_token_id).sum())
     assert cost.image(*size) == expected
+
+
+def test_internvl_has_its_image_tokens_and_sglangs_tokens_per_tile():
+    """SGLang finds each image as `<img>` + `<IMG_CONTEXT>` x n + `</img>` by token id, and counts
+    `(force_image_size / patch)^2 x downsample_ratio^2` tokens per tile (InternVLChatModel.num_image_token)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    model_dir = ensure_family("internvl")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert len(tokenizer(IMG_START + IMG_CONTEXT + IMG_END)["input_ids"]) == 3
+    config = json.loads((model_dir / "config.json").read_text())
+    side = config["force_image_size"] // config["vision_config"]["patch_size"]
+    assert (
+        side**2 * config["downsample_ratio"] ** 2
+        == TOKENS_PER_TILE
+        == VisualTokenCost.from_model_dir(model_dir).tokens_per_tile
+    )
+    assert config["llm_config"]["architectures"] == ["Qwen2ForCausalLM"]

@@ -1,6 +1,8 @@
 """The per-request visual-token bound: costs computed from the pixels as Qwen2-VL resizes them, a 413
 that says the bound and what the request needed, and the gateway serving on afterwards."""
 
+import json
+
 import pytest
 
 from service.media.visual_tokens import VisualTokenCost
@@ -36,6 +38,24 @@ def test_default_image_costs_are_28_px_per_merged_token(size, tokens):
 def test_video_cost_is_frame_pairs_times_the_resized_grid(tiny_model_dir):
     # 6 frames of 128 x 96 are upscaled to 392 x 280 (SGLang's 128 x 28 x 28 px minimum): 3 x 14 x 10.
     assert VisualTokenCost.from_model_dir(tiny_model_dir).video(6, 128, 96) == 420
+
+
+@pytest.mark.parametrize(("size", "tiles"), [((448, 448), 10), ((224, 336), 7), ((896, 448), 9), ((4000, 30), 13)])
+def test_internvl_costs_sglangs_448_px_tiles_times_tokens_per_tile(tmp_path, size, tiles):
+    """InternVL2.5's geometry (448-px tiles, patch 14, pixel shuffle 0.5: 256 tokens a tile). SGLang breaks
+    aspect ties toward more tiles, so a square is 3 x 3 + thumbnail, 2:1 is 4 x 2 + thumbnail, an extreme strip
+    12 + thumbnail (service/media/internvl_tiles.py); a video is 32 one-tile frames."""
+    config = {
+        "model_type": "internvl_chat",
+        "force_image_size": 448,
+        "downsample_ratio": 0.5,
+        "vision_config": {"image_size": 448, "patch_size": 14},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    cost = VisualTokenCost.from_model_dir(tmp_path)
+    assert cost.tokens_per_tile == 256 and not cost.engine_counts
+    assert cost.image(*size) == tiles * 256
+    assert cost.video(6, 640, 480) == 32 * 256
 
 
 def test_missing_processor_config_gives_the_defaults(tmp_path):
