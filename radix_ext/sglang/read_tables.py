@@ -5,7 +5,8 @@ to: every logical token holding a slot in `l` when uncompressed (all of them, un
 an earlier turn left compressed); `kept[l]` then `[prompt_len, seq_len)` when compressed. It
 is built from `req_to_token` and the slot table on the request's first decode step (all layers at
 once), and each later step appends the new token's physical slot in every layer with one vectorised
-write, so a step costs no per-layer translation, concatenation or padding of the kept tokens.
+write, so a step costs no per-layer translation, concatenation or padding of the kept tokens. Where a
+layer holds a subset, the entries' logical positions are kept beside them (`pos`), for sliding windows.
 
 Contract: a table belongs to one request on one `req_to_token` row. Every occupant of a row starts
 with an extend (prefill, re-prefill after retraction), so `ReadTables.forget_rows` at each extend
@@ -21,15 +22,25 @@ import torch
 
 @dataclass
 class RequestTable:
-    """`phys[l, :lens[l]]`: physical slots the request reads in layer `l`; covers `seq_len` logical tokens."""
+    """`phys[l, :lens[l]]`: physical slots the request reads in layer `l`; covers `seq_len` logical tokens.
+    `pos[l, :lens[l]]`: their logical positions (ascending), or None where every layer holds every token."""
 
     rid: str
     seq_len: int
     phys: torch.Tensor  # [L, capacity] int64
     lens: torch.Tensor  # [L] int64
+    pos: torch.Tensor | None = None  # [L, capacity] int64
 
     def layer(self, layer: int) -> torch.Tensor:
         return self.phys[layer, : int(self.lens[layer])]
+
+    def window_start(self, layer: int, window: int) -> int:
+        """Index of layer `layer`'s first entry the newest token reads under a sliding window `window`
+        (positions [seq_len - 1 - window, seq_len - 1])."""
+        first = self.seq_len - 1 - window
+        if self.pos is None:
+            return max(0, first)
+        return int(torch.searchsorted(self.pos[layer, : int(self.lens[layer])], first))
 
 
 class ReadTables:
@@ -59,29 +70,35 @@ class ReadTables:
         cols = phys[:, logical].to(torch.int64) if view is None else None  # [L, seq_len]: one gather
         if cols is not None and bool(cols.all()):
             lens = torch.full((num_layers,), seq_len, dtype=torch.int64)
-        else:  # a compressed view, or a prefix reused compressed (slots held in some layers only)
-            if view is None:
-                per_layer = [row[row != 0] for row in cols]
-            else:
-                tail = logical[view.prompt_len :]
-                per_layer = [phys[layer, torch.cat((logical[kept], tail))] for layer, kept in enumerate(view.kept)]
-            lens = torch.tensor([t.numel() for t in per_layer], dtype=torch.int64)
-            cols = torch.zeros((num_layers, int(lens.max())), dtype=torch.int64, device=phys.device)
-            for layer, t in enumerate(per_layer):
-                cols[layer, : t.numel()] = t
-        capacity = cols.shape[1] + 256  # headroom for decode steps before the first regrowth
-        out = torch.zeros((num_layers, capacity), dtype=torch.int64, device=phys.device)
-        out[:, : cols.shape[1]] = cols
-        return RequestTable(rid, seq_len, out, lens)
+            return RequestTable(rid, seq_len, _with_headroom(cols), lens)
+        # a compressed view, or a prefix reused compressed (slots held in some layers only)
+        if view is None:
+            positions = [torch.nonzero(row).flatten() for row in cols]
+        else:
+            tail = torch.arange(view.prompt_len, seq_len, dtype=torch.int64)
+            positions = [torch.cat((kept.to(torch.int64), tail)) for kept in view.kept]
+        lens = torch.tensor([p.numel() for p in positions], dtype=torch.int64)
+        slots = torch.zeros((num_layers, int(lens.max())), dtype=torch.int64, device=phys.device)
+        pos = torch.zeros_like(slots)
+        for layer, p in enumerate(positions):
+            slots[layer, : p.numel()] = phys[layer, logical[p]]
+            pos[layer, : p.numel()] = p
+        return RequestTable(rid, seq_len, _with_headroom(slots), lens, _with_headroom(pos))
 
     def _append(self, table: RequestTable, logical_slot: int) -> None:
         if int(table.lens.max()) >= table.phys.shape[1]:
-            grown = torch.zeros(
-                (table.phys.shape[0], table.phys.shape[1] * 2), dtype=torch.int64, device=table.phys.device
-            )
-            grown[:, : table.phys.shape[1]] = table.phys
-            table.phys = grown
+            table.phys = _with_headroom(table.phys, table.phys.shape[1])
+            table.pos = None if table.pos is None else _with_headroom(table.pos, table.pos.shape[1])
         layers = torch.arange(table.phys.shape[0])
         table.phys[layers, table.lens] = self.slot_table.phys[:, logical_slot].to(torch.int64)
+        if table.pos is not None:
+            table.pos[layers, table.lens] = table.seq_len  # the new token's position
         table.lens += 1
         table.seq_len += 1
+
+
+def _with_headroom(cols: torch.Tensor, extra: int = 256) -> torch.Tensor:
+    """`cols` in a wider zero tensor: room for `extra` decode steps before the next regrowth."""
+    out = torch.zeros((cols.shape[0], cols.shape[1] + extra), dtype=cols.dtype, device=cols.device)
+    out[:, : cols.shape[1]] = cols
+    return out

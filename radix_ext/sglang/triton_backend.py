@@ -36,6 +36,11 @@ class VLCacheTritonBackend(TritonAttnBackend):
                 "attention backend 'vlcache_triton' needs the vlcache KV pool: "
                 "start SGLang with --radix-cache-backend vlcache"
             )
+        if (getattr(model_runner, "sliding_window_size", None) or -1) > -1:
+            raise RuntimeError(  # its views read every kept key: a window would be silently ignored
+                "attention backend 'vlcache_triton' does not apply sliding windows: "
+                "serve this model on the torch-native attention backend (vlcache_torch_native)"
+            )
         self.num_layers = pool.layer_num
         # Every kept (row, layer) entry holds its own physical slot in that layer (a private copy, or
         # slots the request owns), so L x physical slots bounds the store.

@@ -43,8 +43,8 @@ def build_gemma3(out_dir: Path, spec: FamilySpec) -> Path:
     text = spec.text_sizes() | dict(
         head_dim=spec.head_dim,
         query_pre_attn_scalar=spec.head_dim,
-        # longer than the ~160-token test prompt, so it does not cut: the plugin's attention has no window yet
-        sliding_window=512,
+        # shorter than the test prompts (~90 and ~160 tokens), so the local layers' windows cut them
+        sliding_window=48,
         layer_types=["sliding_attention"] * (spec.num_layers - 1) + ["full_attention"],
         pad_token_id=ids["<pad>"],
         eos_token_id=ids["<end_of_turn>"],
@@ -79,5 +79,5 @@ def build_gemma3(out_dir: Path, spec: FamilySpec) -> Path:
 
 GEMMA3 = Family(
     "gemma3", "Gemma 3", "Gemma3ForConditionalGeneration", "HF", lambda o, s: build_gemma3(o, s),
-    image_marker=BOI, version=2,
+    image_marker=BOI, version=3,
 )  # fmt: skip
