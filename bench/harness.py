@@ -28,7 +28,7 @@ from PIL import Image
 
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
 from testkit import flush_when_idle, png_data_url
-from vlmodels.bench_qwen2vl import IMAGE_SIDE
+from vlmodels.bench_qwen2vl import BENCH_SPEC, IMAGE_SIDE
 
 # The benchmarks' names for the shared helpers (`testkit`), kept for the scripts that import them from here.
 flush = flush_when_idle
@@ -87,14 +87,14 @@ def bench_server_config(
         model_path=str(model),
         port=free_port(),
         kv_compression=plugin,
-        context_length=40960,
+        context_length=BENCH_SPEC.context_length,
         max_total_tokens=max_total_tokens,
         max_running_requests=max_running,
         extra_args=[
             "--chunked-prefill-size",
             "-1",
             "--max-prefill-tokens",
-            "40960",
+            str(BENCH_SPEC.context_length),
             "--mem-fraction-static",
             "0.9",
             *extra,

@@ -98,6 +98,7 @@ def _nan(x) -> bool:
 # --- one renderer per results file ----------------------------------------------------------------------
 
 
+@renderer("decode-long", "decode_long.json")
 @renderer("decode", "decode.json")
 def _decode(data: dict) -> str:
     rows = []
@@ -107,13 +108,20 @@ def _decode(data: dict) -> str:
             tokens(r["prompt_tokens"]), str(r["batch"]), setting(r),
             f"{r['plugin_prefill_ms'] / 1000:.1f} ({r['plugin_prefill_ms'] / r['stock_prefill_ms']:.2f})",
             f"{r['plugin_step_ms']:.1f} ({r['stock_step_ms']:.1f})", ratio(r["decode_speedup"]),
-            ratio(r["byte_bound"]), f"{r['fraction_of_bound']:.2f}", ratio(r["e2e_speedup"]),
+            ratio(r["byte_bound"]), f"{r['fraction_of_bound']:.2f}", ratio(r["cost_bound"]),
+            f"{r['fraction_of_cost_bound']:.2f}", ratio(r["e2e_speedup"]),
             f"{mb(r['kv_bytes_plugin'])} ({mb(r['kv_bytes_stock'])})", f"{r['kv_bytes_plugin'] / r['kv_bytes_stock']:.3f}",
             f"{scoring:.0f} ({100 * scoring / r['stock_prefill_ms']:.1f}%)",
         ])  # fmt: skip
     header = ["prompt", "bs", "setting", "prefill s (/stock)", "step ms (stock)", "decode speedup", "byte bound",
-              "of bound", "e2e x", "KV MB (stock)", "kept/full", "scoring ms (/stock prefill)"]  # fmt: skip
-    return table(header, rows)
+              "of bound", "step-cost bound", "of it", "e2e x", "KV MB (stock)", "kept/full",
+              "scoring ms (/stock prefill)"]  # fmt: skip
+    fixed = data["fixed_step_ms"]
+    return (
+        f"A step at a near-empty KV (4-token prompt): stock {fixed['stock']:.1f} ms, plugin {fixed['plugin']:.1f} ms."
+        + "\n\n"
+        + table(header, rows)
+    )
 
 
 @renderer("decode-headline", "decode.json")
@@ -124,7 +132,8 @@ def _decode_headline(data: dict) -> str:
     one, four = pick[1], pick[4]
     return (
         f"{ratio(one['decode_speedup'])} at batch 1, {ratio(four['decode_speedup'])} at batch 4, "
-        f"{one['fraction_of_bound']:.2f} and {four['fraction_of_bound']:.2f} of the byte bound"
+        f"{one['fraction_of_bound']:.2f} and {four['fraction_of_bound']:.2f} of the byte bound, "
+        f"{one['fraction_of_cost_bound']:.2f} and {four['fraction_of_cost_bound']:.2f} of the step-cost bound"
     )
 
 

@@ -6,7 +6,7 @@ Random weights (answers are meaningless; the benchmarks measure time and bytes).
 - KV: 8 layers x 2 (K, V) x 8 heads x 32 dims x 4 B = 16 KiB per token, so 16k prompt tokens hold
   256 MiB of KV (11.6x the weights) and the byte bound at budget 0.1 is about 5.8x;
 - one 980x980 image = 35 x 35 = 1,225 visual tokens (SGLang's Qwen2-VL processor caps an image near
-  1,280), so 3 / 13 / 26 images make prompts of about 4k / 16k / 32k tokens.
+  1,280), so 3 / 13 / 26 / 52 images make prompts of about 4k / 16k / 32k / 64k tokens (context 64 Ki).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ BENCH_SPEC = TinyQwen2VLSpec(
     num_heads=8,
     num_kv_heads=8,
     intermediate_size=512,
-    context_length=40960,
+    context_length=65536,
     max_visual_tokens_per_image=1280,
 )
 IMAGE_SIDE = 980  # pixels: 35 x 35 merged 28-px tokens

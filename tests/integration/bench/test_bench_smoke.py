@@ -46,8 +46,11 @@ def test_decode_benchmark_smoke(attach, tmp_path):
         "smoke",
     ]
     proc = _run("bench.decode", attach + args, tmp_path)
-    rows = json.loads((tmp_path / "smoke.json").read_text())["rows"]
+    data = json.loads((tmp_path / "smoke.json").read_text())
+    rows = data["rows"]
     assert (tmp_path / "smoke.png").stat().st_size > 0 and "speedup" in proc.stdout
+    assert set(data["fixed_step_ms"]) == {"stock", "plugin"} and min(data["fixed_step_ms"].values()) > 0
+    assert all(r["cost_bound"] > 0 and r["fraction_of_cost_bound"] > 0 for r in rows)
     assert {(r["batch"], r["policy"], r["budget"]) for r in rows} == {
         (b, "vlcache", x) for b in (1, 2) for x in (1.0, 0.1)
     }
