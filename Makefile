@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # The ten slowest tests at the end of a run (tests/conftest.py adds each tier's time after them).
 DURATIONS := --durations=10
 
-.PHONY: install install-tools serve lint bench-decode bench-overhead bench-throughput test test-fast test-integration model lock clean
+.PHONY: install install-tools serve lint bench-decode bench-decode-long bench-overhead bench-throughput test test-fast test-integration model lock clean
 
 install:  ## create/update the CPU venv (idempotent; a no-op when nothing changed)
 	@VENV=$(VENV) bash scripts/install_cpu.sh
@@ -56,8 +56,11 @@ test-fast: install install-tools
 test-integration: install
 	@$(PY) -m pytest -m integration $(DURATIONS) $(PYTEST_ARGS)
 
-bench-decode: install  ## decode speed + KV held: stock vs plugin, 4k/16k/32k prompts, batch 1/4 (~25 min)
+bench-decode: install  ## decode speed + KV held: stock vs plugin, 4k/16k/32k prompts, batch 1/4; byte and step-cost bounds (~16 min)
 	@$(PY) -m bench.decode
+
+bench-decode-long: install  ## the 16k and 64k prompts at budget 0.1, batch 1, each pair twice (medians): results/decode_long.json (~15 min)
+	@$(PY) -m bench.decode --lengths 16000 64000 --batches 1 --budgets 0.1 --baselines --repeats 2 --name decode_long
 
 bench-overhead: install  ## prefill: stock vs plugin full vs vlcache scoring, 4k/16k/32k (~10 min)
 	@$(PY) -m bench.overhead
