@@ -17,7 +17,8 @@ OTHER_IMAGE = make_image((224, 336), (20, 120, 200), 1)
 
 def chat_prompt(processor, parts, text="Describe the image in one sentence."):
     content = [{"type": p} for p in parts] + [{"type": "text", "text": text}]
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    messages = [{"role": "user", "content": content}]  # tokenize=False: a bare tokenizer (InternVL) gives text too
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 @pytest.fixture(scope="module")
