@@ -152,13 +152,20 @@ class SGLangServer:
         except httpx.HTTPError:
             pass
 
+    def terminate(self) -> None:
+        """Ask SGLang to shut down (SIGTERM to its main process) and return at once; `stop()` then
+        waits for it. SGLang notices the signal within 5 s (its watchdog's poll) and exits a few
+        seconds later: callers with other work to do send this first and `stop()` afterwards."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, grace_s: float = 15.0) -> bool:
         """SIGTERM SGLang's main process, wait up to `grace_s` for it, then SIGKILL what is left of its
         process group. True when it exited on its own within the grace period (a clean stop)."""
         if self.process is None or self.process.poll() is not None:
             return True
         pgid = os.getpgid(self.process.pid)
-        self.process.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             self.process.wait(grace_s)
             clean = True

@@ -1,6 +1,7 @@
 """What the tests, the benchmarks and the load test share to drive a server: media made on the fly
 (images with Pillow, clips with PyAV; no files shipped), waiting until a server is ready, an ASGI app
-on a real uvicorn server in a thread, and flushing SGLang's cache once it is idle.
+on a real uvicorn server in a thread, flushing SGLang's cache once it is idle, and stopping SGLang
+servers without waiting for them.
 
 The one home of these helpers: `tests/`, `bench/` and `loadtest/` import them from here. Nothing under
 `service/` or `radix_ext/` may import this package (it is client-side tooling, not the product).
@@ -182,3 +183,26 @@ def running_server(app, ready_path: str = "/health", timeout_s: float = 120.0):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+# --- stopping SGLang servers without waiting for them ------------------------------------------------------
+# An SGLang server takes 5-10 s to stop, nearly all of it idle (its SIGTERM watchdog polls every 5 s). A test
+# fixture done with its servers SIGTERMs them and moves on; a thread per server waits for the exit (and
+# SIGKILLs what outlives the grace period, as `SGLangServer.stop` does), and whoever owns the run joins
+# them all at its end (`join_background_stops`; tests/integration/conftest.py does at the session's end).
+_stopping: list[threading.Thread] = []
+
+
+def stop_in_background(*servers) -> None:
+    """SIGTERM each `service.sglang_process.SGLangServer` now; its `stop()` runs in a thread."""
+    for server in servers:
+        server.terminate()
+        thread = threading.Thread(target=server.stop, name=f"stop {server.url}", daemon=True)
+        thread.start()
+        _stopping.append(thread)
+
+
+def join_background_stops() -> None:
+    """Wait until every server handed to `stop_in_background` has exited (or been killed)."""
+    while _stopping:
+        _stopping.pop().join()

@@ -8,7 +8,7 @@ import pytest
 
 from radix_ext.sglang.registration import MARKER_DIR_ENV
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
-from testkit import flush_when_idle
+from testkit import flush_when_idle, join_background_stops, stop_in_background
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the HF tokenizers in this process and forked ones
 
@@ -35,20 +35,41 @@ def sglang_server(tiny_model_dir, plugin_marker_dir, tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _every_server_stopped():
+    """Set up before, so torn down after, every other integration fixture: the servers fixtures stopped in
+    the background (`testkit.stop_in_background`) have all exited when the session ends."""
+    yield
+    join_background_stops()
+
+
 @contextlib.contextmanager
 def running_sglang(config, tmp_path_factory, name, extra_env=None):
     """A started, healthy SGLang server logging to a temp file (its tail printed if start-up fails)."""
     log_path = tmp_path_factory.mktemp(name) / "server.log"
     with open(log_path, "w") as log:
         server = SGLangServer(config, log=log, extra_env=extra_env)
-        try:
-            with server:
-                yield server
-                if config.kv_compression:  # after every test on it: the plugin's slot accounting is intact
-                    assert_slot_accounting_intact(server.url)
-        except Exception:
-            print(log_path.read_text()[-5000:])
-            raise
+        with serving(server, log_path) as server:
+            yield server
+
+
+@contextlib.contextmanager
+def serving(server, log_path):
+    """`server` (started or not) once healthy; afterwards, the plugin's slot accounting checked and the
+    server stopped in the background. On a failure it is stopped first and its log's tail printed."""
+    try:
+        if server.process is None:
+            server.start()
+        server.wait_healthy(progress=lambda _: None)
+        yield server
+        if server.config.kv_compression:  # after every test on it: the plugin's slot accounting is intact
+            assert_slot_accounting_intact(server.url)
+    except BaseException:
+        server.stop()
+        print(log_path.read_text()[-5000:])
+        raise
+    finally:
+        stop_in_background(server)  # a no-op after the stop above
 
 
 def assert_slot_accounting_intact(url, timeout_s=60):

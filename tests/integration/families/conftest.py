@@ -1,4 +1,5 @@
-"""One stock and one plugin SGLang server per family (started side by side, stopped before the next family)."""
+"""One stock and one plugin SGLang server per family (started side by side; they shut down while the next
+family's start)."""
 
 import contextlib
 
@@ -6,6 +7,7 @@ import httpx
 import pytest
 
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
+from testkit import stop_in_background
 from tests.integration.conftest import assert_slot_accounting_intact
 
 
@@ -23,16 +25,19 @@ def stock_and_plugin(model_dir, log_dir, dtype="float32"):
         servers = {name: SGLangServer(c, log=logs[name]) for name, c in configs.items()}
         try:
             for server in servers.values():  # both start at once: their start-ups overlap
-                stack.callback(server.stop)
                 server.start()
             for server in servers.values():
                 server.wait_healthy(progress=lambda _: None)
             yield servers["stock"], servers["plugin"]
             assert_slot_accounting_intact(servers["plugin"].url)
         except BaseException:
+            for server in servers.values():
+                server.stop()
             for name in configs:
                 print(f"--- {name} server log ---\n" + (log_dir / f"{name}.log").read_text()[-4000:])
             raise
+        finally:  # the next family's servers start while these two shut down
+            stop_in_background(*servers.values())
 
 
 @pytest.fixture(scope="module")

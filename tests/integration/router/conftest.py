@@ -23,7 +23,7 @@ from service.config import GatewaySettings
 from service.router_launch import RouterConfig, SMGRouter, worker_env
 from service.routing_key import ROUTING_KEY_HEADER
 from service.sglang_process import SGLangServer, SGLangServerConfig, free_port
-from testkit import running_server
+from testkit import running_server, stop_in_background
 
 WORKER_DEFAULTS = {"policy": "snapkv", "budget": 0.3}
 
@@ -71,8 +71,8 @@ class RouterStack:
         self.workers[i].wait_healthy()
 
     def stop_workers(self) -> None:
-        for worker in self.workers:
-            worker.stop()
+        """SIGTERM every worker; they shut down while the next tests run (and the session waits for them)."""
+        stop_in_background(*self.workers)
         for log in self._open_logs:
             log.close()
 
