@@ -24,15 +24,70 @@ def plugin_marker_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("plugin-markers")
 
 
-@pytest.fixture(scope="session")
-def sglang_server(tiny_model_dir, plugin_marker_dir, tmp_path_factory):
-    """A stock SGLang server (the plugin installed, not selected) on loopback."""
+# The session's two servers on the tiny model. The first test that needs either starts every one of them
+# the selected tests use (they load side by side, `_session_launches`); each fixture waits for its own.
+SESSION_SERVERS = ("sglang_server", "vlcache_server")
+
+
+def _session_server(name, tiny_model_dir, plugin_marker_dir):
+    """`(config, extra_env)` of a session server."""
+    if name == "sglang_server":  # stock SGLang (the plugin installed, not selected); the plugin's loads leave markers
+        config = SGLangServerConfig(
+            model_path=str(tiny_model_dir), port=free_port(), max_running_requests=4, kv_compression=False
+        )
+        return config, {MARKER_DIR_ENV: str(plugin_marker_dir)}
+    # the plugin selected (`--radix-cache-backend vlcache`); chunked prefill of 128 tokens so image prompts
+    # span several chunks
     config = SGLangServerConfig(
-        model_path=str(tiny_model_dir), port=free_port(), max_running_requests=4, kv_compression=False
-    )
-    extra_env = {MARKER_DIR_ENV: str(plugin_marker_dir)}
-    with running_sglang(config, tmp_path_factory, "sglang", extra_env) as server:
+        model_path=str(tiny_model_dir), port=free_port(), max_running_requests=8, max_total_tokens=16384,
+        extra_args=["--chunked-prefill-size", "128"],
+    )  # fmt: skip
+    return config, None
+
+
+@pytest.fixture(scope="session")
+def _session_launches(request, tiny_model_dir, plugin_marker_dir, tmp_path_factory):
+    """name -> (started SGLangServer, its log path) for each session server a selected test uses (a fixture
+    looked up lazily, `request.getfixturevalue`, is started when asked for instead)."""
+    used = [n for n in SESSION_SERVERS if any(n in getattr(i, "fixturenames", ()) for i in request.session.items)]
+    launches = {}
+    with contextlib.ExitStack() as stack:
+        for name in used:
+            log_path = tmp_path_factory.mktemp(name.removesuffix("_server")) / "server.log"
+            config, extra_env = _session_server(name, tiny_model_dir, plugin_marker_dir)
+            log = stack.enter_context(open(log_path, "w"))
+            launches[name] = (SGLangServer(config, log=log, extra_env=extra_env).start(), log_path)
+        yield launches
+        stop_in_background(*(server for server, _ in launches.values()))  # any never asked for
+
+
+@contextlib.contextmanager
+def _session_serving(name, launches, tiny_model_dir, plugin_marker_dir, tmp_path_factory):
+    if name in launches:
+        server, log_path = launches.pop(name)
+        with serving(server, log_path) as server:
+            yield server
+        return
+    config, extra_env = _session_server(name, tiny_model_dir, plugin_marker_dir)
+    with running_sglang(config, tmp_path_factory, name.removesuffix("_server"), extra_env) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def sglang_server(_session_launches, tiny_model_dir, plugin_marker_dir, tmp_path_factory):
+    """A stock SGLang server (the plugin installed, not selected) on loopback."""
+    with _session_serving("sglang_server", _session_launches, tiny_model_dir, plugin_marker_dir, tmp_path_factory) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def vlcache_server(_session_launches, tiny_model_dir, plugin_marker_dir, tmp_path_factory):
+    """SGLang with the plugin selected (`--radix-cache-backend vlcache`); chunked prefill of 128 tokens so
+    image prompts span several chunks."""
+    with _session_serving(
+        "vlcache_server", _session_launches, tiny_model_dir, plugin_marker_dir, tmp_path_factory
+    ) as s:
+        yield s
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -78,18 +133,6 @@ def assert_slot_accounting_intact(url, timeout_s=60):
         flush_when_idle(c, timeout_s)
         figures = c.get("/get_server_info").json()["internal_states"][0]["vl_cache"]
     assert figures["integrity_at_last_flush"] == "ok", figures["integrity_at_last_flush"]
-
-
-@pytest.fixture(scope="session")
-def vlcache_server(tiny_model_dir, tmp_path_factory):
-    """SGLang with the plugin selected (`--radix-cache-backend vlcache`); chunked prefill of 128 tokens so
-    image prompts span several chunks."""
-    config = SGLangServerConfig(
-        model_path=str(tiny_model_dir), port=free_port(), max_running_requests=8, max_total_tokens=16384,
-        extra_args=["--chunked-prefill-size", "128"],
-    )  # fmt: skip
-    with running_sglang(config, tmp_path_factory, "vlcache") as server:
-        yield server
 
 
 @pytest.fixture(scope="session")
