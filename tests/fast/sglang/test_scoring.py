@@ -81,7 +81,7 @@ def _score_both(batch, make_plans, q):
     native, triton = _torch_native(batch, native_plans), _triton(batch, triton_plans)
     for layer_id in range(L):
         layer = _layer(layer_id)
-        table, _, _ = native._extend_table(layer_id, PREFIX)
+        table, _, _, _ = native._extend_table(layer_id, PREFIX)
         native._score_rows(q[layer_id], layer, batch.fb, table)
         triton._score_rows(q[layer_id], layer, batch.fb)
     return native_plans, triton_plans
